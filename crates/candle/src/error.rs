@@ -1,0 +1,19 @@
+#[derive(Debug, thiserror::Error)]
+pub enum CandleError {
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("weight `{name}`: {reason}")]
+    Weight { name: String, reason: String },
+    #[error("position {pos} does not follow the {cached} cached positions")]
+    CacheMismatch { pos: usize, cached: usize },
+    #[error("forward pass over {end} positions exceeds the context of {context}")]
+    ContextOverflow { end: usize, context: usize },
+}
+
+impl From<CandleError> for selfroute_core::Error {
+    fn from(e: CandleError) -> Self {
+        selfroute_core::Error::Backend(Box::new(e))
+    }
+}
+
+pub type Result<T, E = CandleError> = std::result::Result<T, E>;

@@ -1,0 +1,11 @@
+//! selfroute-candle: the LLaMA/Qwen2 forward pass on candle-core, for native CPU and for the
+//! browser's wasm CPU fallback. Quantized weights stay quantized.
+
+mod error;
+mod kv_cache;
+mod linear;
+mod model;
+mod rope;
+
+pub use error::CandleError;
+pub use model::CandleModel;

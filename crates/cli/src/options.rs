@@ -1,0 +1,56 @@
+//! Flags shared by `generate` and `chat`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use selfroute_core::{GenerationParams, SamplingParams};
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, or a folder with config.json, *.safetensors and tokenizer.json.
+    /// Default: $SELFROUTE_MODEL, else the SmolLM2 file `cargo xtask fetch-model` places in models/.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// CPU threads for the forward pass (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Most new tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Penalty for tokens seen in the last 64 (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> GenerationParams {
+        GenerationParams {
+            max_new_tokens: self.max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                repetition_penalty: self.repeat_penalty,
+                seed: self.seed,
+                ..SamplingParams::default()
+            },
+            ..GenerationParams::default()
+        }
+    }
+}

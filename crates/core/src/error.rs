@@ -1,0 +1,133 @@
+//! The one error type of selfroute-core. Every loading error names the source (a file name or
+//! label given by the caller) and the field or tensor at fault, so a user can act on it.
+
+use std::fmt;
+
+/// Where a model part came from: a file path natively, a URL or label in the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceName(pub String);
+
+impl fmt::Display for SourceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for SourceName {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl From<String> for SourceName {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{source_name}: not a GGUF file or corrupt header: {reason}")]
+    InvalidGguf {
+        source_name: SourceName,
+        reason: String,
+    },
+
+    #[error("{source_name}: not a valid safetensors file: {reason}")]
+    InvalidSafetensors {
+        source_name: SourceName,
+        reason: String,
+    },
+
+    #[error("{source_name}: invalid config: {reason}")]
+    InvalidConfig {
+        source_name: SourceName,
+        reason: String,
+    },
+
+    #[error("{source_name}: missing metadata field `{field}`")]
+    MissingField {
+        source_name: SourceName,
+        field: String,
+    },
+
+    #[error("{source_name}: metadata field `{field}` is invalid: {reason}")]
+    InvalidField {
+        source_name: SourceName,
+        field: String,
+        reason: String,
+    },
+
+    #[error("{source_name}: unknown architecture `{architecture}` (supported: llama, qwen2)")]
+    UnknownArchitecture {
+        source_name: SourceName,
+        architecture: String,
+    },
+
+    #[error("{source_name}: tensor `{tensor}` is missing")]
+    MissingTensor {
+        source_name: SourceName,
+        tensor: String,
+    },
+
+    #[error("{source_name}: tensor `{tensor}` has shape {actual:?}, expected {expected:?}")]
+    ShapeMismatch {
+        source_name: SourceName,
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error(
+        "{source_name}: tensor `{tensor}` uses unsupported type {dtype} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)"
+    )]
+    UnsupportedDType {
+        source_name: SourceName,
+        tensor: String,
+        dtype: String,
+    },
+
+    #[error("{source_name}: tensor `{tensor}` data is out of bounds or truncated: {reason}")]
+    TruncatedTensor {
+        source_name: SourceName,
+        tensor: String,
+        reason: String,
+    },
+
+    #[error("{source_name}: no tokenizer found: {reason}")]
+    MissingTokenizer {
+        source_name: SourceName,
+        reason: String,
+    },
+
+    #[error("{source_name}: invalid tokenizer: {reason}")]
+    InvalidTokenizer {
+        source_name: SourceName,
+        reason: String,
+    },
+
+    #[error("tokenizer error: {0}")]
+    Tokenize(String),
+
+    #[error("chat template error: {0}")]
+    ChatTemplate(String),
+
+    #[error(
+        "the prompt has {prompt_tokens} tokens but the model's context holds {context} (with room for at least one new token)"
+    )]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
+
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+
+    #[error("invalid sampling parameters: {0}")]
+    InvalidSampling(String),
+
+    #[error("backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,243 @@
+//! The generation loop: prefill (reusing the cached prefix of the previous call), then sample,
+//! stream and stop. It is the same loop for every backend and for native and browser builds.
+
+use crate::backend::{Backend, LogitsFor};
+use crate::error::{Error, Result};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{TextStream, Tokenizer};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop tokens in addition to the tokenizer's own end-of-turn tokens.
+    pub extra_stop_tokens: Vec<u32>,
+    /// Added to a token's logit before sampling (negative infinity forbids it).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Prompt tokens per forward call during prefill; bounds the attention scratch memory.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            extra_stop_tokens: Vec::new(),
+            logit_bias: Vec::new(),
+            prefill_chunk: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token was sampled (it is not part of the output).
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The model's context is full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+/// One generated token, with the text it completes (often empty mid-character).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEvent<'a> {
+    pub id: u32,
+    pub index: usize,
+    pub text: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already cached from the previous call.
+    pub reused_prompt_tokens: usize,
+}
+
+/// A backend plus what its KV cache currently holds, so a follow-up prompt that extends the last
+/// conversation only pays for its new tokens.
+pub struct Generator<B: Backend> {
+    backend: B,
+    cached: Vec<u32>,
+}
+
+impl<B: Backend> Generator<B> {
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            cached: Vec::new(),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        self.cached.clear();
+        self.backend.truncate_cache(0);
+        &mut self.backend
+    }
+
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// Generates a continuation of `prompt`, calling `on_token` for every token.
+    pub async fn generate(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        params: &GenerationParams,
+        mut on_token: impl FnMut(TokenEvent<'_>) -> Control,
+    ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let context = self.backend.config().context_length;
+        let vocab = self.backend.config().vocab_size;
+        if prompt.len() >= context {
+            return Err(Error::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context,
+            });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Tokenize(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut sampler = Sampler::new(params.sampling.clone())?;
+
+        // Reuse the cached prefix, but always run at least the last prompt token to get logits.
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        self.backend.truncate_cache(common);
+        self.cached.truncate(common);
+
+        let chunk = params.prefill_chunk.max(1);
+        let mut logits = None;
+        let mut pos = common;
+        while pos < prompt.len() {
+            let end = (pos + chunk).min(prompt.len());
+            let step = self
+                .backend
+                .forward(&prompt[pos..end], pos, LogitsFor::Last)
+                .await;
+            let step = match step {
+                Ok(l) => l,
+                Err(e) => {
+                    self.forget_cache();
+                    return Err(e);
+                }
+            };
+            self.cached.extend_from_slice(&prompt[pos..end]);
+            logits = Some(step);
+            pos = end;
+        }
+
+        let stop_tokens: Vec<u32> = tokenizer
+            .stop_token_ids()
+            .iter()
+            .chain(&params.extra_stop_tokens)
+            .copied()
+            .collect();
+        let mut history: Vec<u32> = prompt.to_vec();
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            prompt_tokens: prompt.len(),
+            reused_prompt_tokens: common,
+        };
+        let mut stream = TextStream::new();
+        loop {
+            if out.tokens.len() >= params.max_new_tokens {
+                out.finish_reason = FinishReason::Length;
+                break;
+            }
+            let Some(mut current) = logits.take() else {
+                break;
+            };
+            let row = current
+                .last_row_mut()
+                .ok_or_else(|| Error::Backend("backend returned no logits".into()))?;
+            for &(id, bias) in &params.logit_bias {
+                if let Some(l) = row.get_mut(id as usize) {
+                    *l += bias;
+                }
+            }
+            let next = sampler.sample(row, &history)?;
+            if stop_tokens.contains(&next) {
+                out.finish_reason = FinishReason::Stop;
+                break;
+            }
+            history.push(next);
+            out.tokens.push(next);
+            let delta = stream.push(tokenizer, next)?.unwrap_or_default();
+            out.text.push_str(&delta);
+            let control = on_token(TokenEvent {
+                id: next,
+                index: out.tokens.len() - 1,
+                text: &delta,
+            });
+            if control == Control::Stop {
+                out.finish_reason = FinishReason::Cancelled;
+                break;
+            }
+            if history.len() >= context {
+                out.finish_reason = FinishReason::ContextFull;
+                break;
+            }
+            if out.tokens.len() >= params.max_new_tokens {
+                continue;
+            }
+            match self
+                .backend
+                .forward(&[next], history.len() - 1, LogitsFor::Last)
+                .await
+            {
+                Ok(l) => {
+                    self.cached.push(next);
+                    logits = Some(l);
+                }
+                Err(e) => {
+                    self.forget_cache();
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(rest) = stream.finish(tokenizer)? {
+            out.text.push_str(&rest);
+            on_token(TokenEvent {
+                id: *out.tokens.last().unwrap_or(&0),
+                index: out.tokens.len(),
+                text: &rest,
+            });
+        }
+        Ok(out)
+    }
+
+    fn forget_cache(&mut self) {
+        self.cached.clear();
+        self.backend.truncate_cache(0);
+    }
+}

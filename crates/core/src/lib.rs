@@ -1,0 +1,25 @@
+//! selfroute-core: what a model is and how text becomes tokens and back, independent of any
+//! compute backend and of any I/O policy (callers hand in bytes).
+
+pub mod backend;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod package;
+pub mod safetensors;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use backend::{Backend, Logits, LogitsFor};
+pub use chat::{ChatTemplate, Message, Role};
+pub use config::{Architecture, ModelConfig, RopeLayout};
+pub use error::{Error, Result, SourceName};
+pub use generate::{Control, FinishReason, Generation, GenerationParams, Generator, TokenEvent};
+pub use gguf::GgufFile;
+pub use package::ModelPackage;
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::{TextStream, Tokenizer};
+pub use weights::{TensorDType, TensorData, WeightKey, WeightSource};
