@@ -1,0 +1,69 @@
+//! Shared helpers: locating the workspace, running commands loudly, installing prerequisites.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+pub fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+}
+
+/// Announces a step, so a newcomer sees what is happening and why it takes time.
+pub fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new(env!("CARGO")).args(args).current_dir(root))
+}
+
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("could not start {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    step(&format!("installing the Rust target {target} (rustup)"));
+    run(Command::new("rustup").args(["target", "add", target]))
+}
+
+/// A Python virtual environment under target/xtask with the given requirements installed.
+pub fn python_venv(root: &Path, name: &str, requirements: &[&str], env: &[(&str, &str)]) -> Result<PathBuf> {
+    let venv = root.join("target/xtask").join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join(".selfroute-requirements");
+    let wanted = requirements.join("\n");
+    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    step(&format!("creating the Python environment {} ({})", venv.display(), requirements.join(", ")));
+    std::fs::create_dir_all(venv.parent().context("venv path")?)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"]).args(requirements);
+    for (k, v) in env {
+        pip.env(k, v);
+    }
+    run(&mut pip).context("pip install failed: is PyPI reachable?")?;
+    std::fs::write(&marker, wanted)?;
+    Ok(python)
+}

@@ -1,0 +1,34 @@
+//! `cargo xtask test`: everything CI runs, from a fresh machine. `.ci/run` is exactly this.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::fetch_model::fetch_default_model;
+use crate::setup::{self, cargo, step};
+
+pub fn run(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    step("checking prerequisites: the wasm32 Rust target, python3 with pip");
+    setup::ensure_rust_target("wasm32-unknown-unknown")?;
+    setup::run(Command::new("python3").args(["-m", "pip", "--version"]))?;
+    fetch_default_model(root)?;
+
+    step("cargo fmt --check");
+    cargo(root, &["fmt", "--all", "--check"])?;
+    step("cargo clippy (all targets, warnings are errors)");
+    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+
+    step("cargo test (workspace): unit, parity and CLI tests");
+    cargo(root, &["test", "--workspace"])?;
+
+    step("building selfroute-candle for wasm32-unknown-unknown (the browser's CPU fallback)");
+    cargo(root, &["build", "--target", "wasm32-unknown-unknown", "-p", "selfroute-candle"])?;
+
+    crate::fuzz::smoke(root)?;
+
+    eprintln!("\nxtask test: all steps passed in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
+    Ok(())
+}
