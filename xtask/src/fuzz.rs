@@ -16,13 +16,19 @@ pub fn smoke(root: &Path) -> Result<()> {
     let corpus = root.join("fuzz/corpus/model_load");
     std::fs::create_dir_all(&corpus)?;
     seed_corpus(root, &corpus)?;
-    step(&format!("fuzzing the model loaders for {SMOKE_SECONDS} s (cargo fuzz run model_load)"));
+    step(&format!(
+        "fuzzing the model loaders for {SMOKE_SECONDS} s (cargo fuzz run model_load)"
+    ));
     // Stable toolchain: RUSTC_BOOTSTRAP unlocks the coverage flags cargo-fuzz passes; without a
     // sanitizer, a panic is still caught and reported as a crash.
     let out = Command::new(env!("CARGO"))
         .args(["fuzz", "run", "model_load", "--sanitizer", "none", "--"])
         .arg(format!("-max_total_time={SMOKE_SECONDS}"))
-        .args(["-print_final_stats=1", "-max_len=65536", "-rss_limit_mb=4096"])
+        .args([
+            "-print_final_stats=1",
+            "-max_len=65536",
+            "-rss_limit_mb=4096",
+        ])
         .arg(&corpus)
         .env("RUSTC_BOOTSTRAP", "1")
         .current_dir(root.join("fuzz"))
@@ -31,7 +37,10 @@ pub fn smoke(root: &Path) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
-        bail!("fuzzing found a failure:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "fuzzing found a failure:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let executions = stderr
         .lines()
@@ -43,7 +52,10 @@ pub fn smoke(root: &Path) -> Result<()> {
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
-    let present = Command::new(env!("CARGO")).args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let present = Command::new(env!("CARGO"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if present {
         return Ok(());
     }
@@ -54,7 +66,12 @@ fn ensure_cargo_fuzz() -> Result<()> {
 /// Small valid inputs make the fuzzer reach past the header checks quickly.
 fn seed_corpus(root: &Path, corpus: &Path) -> Result<()> {
     let data = root.join("tests/reference/data");
-    for name in ["tiny_llama.gguf", "quant_types.gguf", "tiny_llama_f16/model.safetensors", "tiny_llama_f16/config.json"] {
+    for name in [
+        "tiny_llama.gguf",
+        "quant_types.gguf",
+        "tiny_llama_f16/model.safetensors",
+        "tiny_llama_f16/config.json",
+    ] {
         let src = data.join(name);
         if src.exists() {
             std::fs::copy(&src, corpus.join(name.replace('/', "_")))?;

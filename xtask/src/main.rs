@@ -2,8 +2,8 @@
 
 mod bench;
 mod fetch_model;
-mod setup;
 mod fuzz;
+mod setup;
 mod test;
 
 use anyhow::{Result, bail};
@@ -29,7 +29,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &[String]) -> Result<()> {
     let root = setup::workspace_root()?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["fetch-model"] => fetch_model::fetch_default_model(&root).map(|_| ()),
         ["demo"] => demo(&root),
         ["test"] => test::run(&root),

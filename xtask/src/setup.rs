@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 
 pub fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
 }
 
 /// Announces a step, so a newcomer sees what is happening and why it takes time.
@@ -17,7 +20,9 @@ pub fn step(what: &str) {
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed with {status}");
     }
@@ -30,9 +35,15 @@ pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 
 pub fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("could not start {shown}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {shown}"))?;
     if !out.status.success() {
-        bail!("{shown} failed with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{shown} failed with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -47,19 +58,30 @@ pub fn ensure_rust_target(target: &str) -> Result<()> {
 }
 
 /// A Python virtual environment under target/xtask with the given requirements installed.
-pub fn python_venv(root: &Path, name: &str, requirements: &[&str], env: &[(&str, &str)]) -> Result<PathBuf> {
+pub fn python_venv(
+    root: &Path,
+    name: &str,
+    requirements: &[&str],
+    env: &[(&str, &str)],
+) -> Result<PathBuf> {
     let venv = root.join("target/xtask").join(name);
     let python = venv.join("bin/python");
     let marker = venv.join(".selfroute-requirements");
     let wanted = requirements.join("\n");
-    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str())
+    {
         return Ok(python);
     }
-    step(&format!("creating the Python environment {} ({})", venv.display(), requirements.join(", ")));
+    step(&format!(
+        "creating the Python environment {} ({})",
+        venv.display(),
+        requirements.join(", ")
+    ));
     std::fs::create_dir_all(venv.parent().context("venv path")?)?;
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"]).args(requirements);
+    pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .args(requirements);
     for (k, v) in env {
         pip.env(k, v);
     }

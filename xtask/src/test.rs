@@ -19,16 +19,38 @@ pub fn run(root: &Path) -> Result<()> {
     step("cargo fmt --check");
     cargo(root, &["fmt", "--all", "--check"])?;
     step("cargo clippy (all targets, warnings are errors)");
-    cargo(root, &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
 
     step("cargo test (workspace): unit, parity and CLI tests");
     cargo(root, &["test", "--workspace"])?;
 
     step("building selfroute-candle for wasm32-unknown-unknown (the browser's CPU fallback)");
-    cargo(root, &["build", "--target", "wasm32-unknown-unknown", "-p", "selfroute-candle"])?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "selfroute-candle",
+        ],
+    )?;
 
     crate::fuzz::smoke(root)?;
 
-    eprintln!("\nxtask test: all steps passed in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
+    eprintln!(
+        "\nxtask test: all steps passed in {:.1} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }

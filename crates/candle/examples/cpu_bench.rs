@@ -18,10 +18,15 @@ then correct cloud answers, and gives nothing for wrong ones. ";
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [model_path, ids_out, prompt_tokens, decode_tokens, repeats] = args.as_slice() else {
-        return Err("usage: cpu_bench MODEL.gguf PROMPT_IDS_OUT PROMPT_TOKENS DECODE_TOKENS REPEATS".into());
+        return Err(
+            "usage: cpu_bench MODEL.gguf PROMPT_IDS_OUT PROMPT_TOKENS DECODE_TOKENS REPEATS".into(),
+        );
     };
-    let (prompt_tokens, decode_tokens, repeats): (usize, usize, usize) =
-        (prompt_tokens.parse()?, decode_tokens.parse()?, repeats.parse()?);
+    let (prompt_tokens, decode_tokens, repeats): (usize, usize, usize) = (
+        prompt_tokens.parse()?,
+        decode_tokens.parse()?,
+        repeats.parse()?,
+    );
     let package = ModelPackage::from_gguf(model_path.as_str(), std::fs::read(model_path)?)?;
     let mut model = CandleModel::load(&package.config, package.weights.as_ref(), &Device::Cpu)?;
     let mut prompt = Vec::new();

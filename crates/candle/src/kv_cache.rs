@@ -42,9 +42,12 @@ impl KvCache {
         let needed = self.len + seq;
         let capacity = self.k.as_ref().map(|t| t.dim(1)).transpose()?.unwrap_or(0);
         if needed > capacity {
+            // Double, start at 64, never past the context (but always fit what is needed).
             let new_capacity = needed
                 .next_power_of_two()
-                .clamp(64, self.max_len.max(needed));
+                .max(64)
+                .min(self.max_len)
+                .max(needed);
             let grow = |old: &Option<Tensor>, device: &Device| -> Result<Tensor> {
                 let fresh = Tensor::zeros((heads, new_capacity, head_dim), DType::F32, device)?;
                 if let Some(old) = old

@@ -2,6 +2,7 @@
 //! browser's wasm CPU fallback. Quantized weights stay quantized.
 
 mod error;
+pub mod kernels;
 mod kv_cache;
 mod linear;
 mod model;

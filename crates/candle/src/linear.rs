@@ -4,10 +4,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 use selfroute_core::{TensorDType, TensorData};
 
 use crate::error::{CandleError, Result};
+use crate::kernels::{BlockFormat, QuantMatrix};
 
 fn ggml_dtype(dtype: TensorDType) -> Option<GgmlDType> {
     Some(match dtype {
@@ -46,15 +47,83 @@ pub fn quantized_tensor(td: &TensorData<'_>, device: &Device) -> Result<QTensor>
     Ok(QTensor::new(storage, td.shape.clone())?)
 }
 
+/// Our f32-activation kernels handle these block formats on the CPU; others go through QMatMul.
+fn kernel_matrix(td: &TensorData<'_>, device: &Device) -> Result<Option<QuantMatrix>> {
+    let format = match td.dtype {
+        TensorDType::Q4_0 => BlockFormat::Q4_0,
+        TensorDType::Q4_1 => BlockFormat::Q4_1,
+        TensorDType::Q8_0 => BlockFormat::Q8_0,
+        _ => return Ok(None),
+    };
+    if !device.is_cpu() {
+        return Ok(None);
+    }
+    let [rows, cols] = td.shape[..] else {
+        return Err(CandleError::Weight {
+            name: td.name.clone(),
+            reason: format!("expected a matrix, got shape {:?}", td.shape),
+        });
+    };
+    QuantMatrix::new(format, rows, cols, &td.bytes)
+        .map(Some)
+        .map_err(|e| CandleError::Weight {
+            name: td.name.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// Applies a `QuantMatrix` to a contiguous f32 tensor [.., in] -> [.., out] on the CPU.
+struct KernelMatmul(Arc<QuantMatrix>);
+
+impl CustomOp1 for KernelMatmul {
+    fn name(&self) -> &'static str {
+        "selfroute-quant-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("selfroute-quant-matmul needs f32 activations")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("selfroute-quant-matmul needs contiguous activations")
+        };
+        let dims = layout.shape().dims();
+        let cols = dims.last().copied().unwrap_or(0);
+        if cols != self.0.cols() {
+            candle_core::bail!(
+                "activations have {cols} columns, the weight {}",
+                self.0.cols()
+            )
+        }
+        let batch = (end - start).checked_div(cols).unwrap_or(0);
+        let mut out = vec![0.0f32; batch * self.0.rows()];
+        self.0
+            .matmul(&data[start..end], batch, &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = self.0.rows();
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
 /// y = x W^T for W of shape [out, in].
 pub enum Linear {
+    Kernel(Arc<QuantMatrix>),
     Quantized(QMatMul),
     Dense(Tensor),
 }
 
 impl Linear {
     pub fn load(td: &TensorData<'_>, device: &Device) -> Result<Self> {
-        if td.dtype.is_quantized() {
+        if let Some(m) = kernel_matrix(td, device)? {
+            Ok(Self::Kernel(Arc::new(m)))
+        } else if td.dtype.is_quantized() {
             Ok(Self::Quantized(QMatMul::from_arc(Arc::new(
                 quantized_tensor(td, device)?,
             ))?))
@@ -65,6 +134,7 @@ impl Linear {
 
     pub fn from_embedding(embedding: &Embedding) -> Result<Self> {
         Ok(match embedding {
+            Embedding::Kernel(m) => Self::Kernel(m.clone()),
             Embedding::Quantized(q) => Self::Quantized(QMatMul::from_arc(q.clone())?),
             Embedding::Dense(t) => Self::Dense(t.clone()),
         })
@@ -73,6 +143,7 @@ impl Linear {
     /// x: [seq, in] -> [seq, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::Kernel(m) => x.contiguous()?.apply_op1_no_bwd(&KernelMatmul(m.clone()))?,
             Self::Quantized(m) => m.forward(x)?,
             Self::Dense(w) => x.matmul(&w.t()?)?,
         })
@@ -81,13 +152,16 @@ impl Linear {
 
 /// Token embedding table, looked up row by row (quantized rows are dequantized on lookup).
 pub enum Embedding {
+    Kernel(Arc<QuantMatrix>),
     Quantized(Arc<QTensor>),
     Dense(Tensor),
 }
 
 impl Embedding {
     pub fn load(td: &TensorData<'_>, device: &Device) -> Result<Self> {
-        if td.dtype.is_quantized() {
+        if let Some(m) = kernel_matrix(td, device)? {
+            Ok(Self::Kernel(Arc::new(m)))
+        } else if td.dtype.is_quantized() {
             Ok(Self::Quantized(Arc::new(quantized_tensor(td, device)?)))
         } else {
             Ok(Self::Dense(dense_tensor(td, device)?))
@@ -97,6 +171,16 @@ impl Embedding {
     /// ids: [seq] -> [seq, hidden].
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::Kernel(m) => {
+                let ids = ids.to_vec1::<u32>()?;
+                let cols = m.cols();
+                let mut out = vec![0.0f32; ids.len() * cols];
+                for (id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+                    m.dequantize_row(*id as usize, row)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                }
+                Tensor::from_vec(out, (ids.len(), cols), &Device::Cpu)?
+            }
             Self::Quantized(q) => q.embedding(ids)?,
             Self::Dense(t) => t.embedding(ids)?,
         })

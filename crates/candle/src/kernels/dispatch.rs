@@ -1,0 +1,122 @@
+//! Picks the widest instruction set this CPU has, once, and runs the kernel body compiled for it.
+
+use super::dot;
+use super::matrix::QuantMatrix;
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{QuantMatrix, dot};
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn matvec_avx512(
+        w: &QuantMatrix,
+        first: usize,
+        x: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+    ) {
+        dot::matvec_rows(w, first, x, sums, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matvec_avx2(
+        w: &QuantMatrix,
+        first: usize,
+        x: &[f32],
+        sums: &[f32],
+        out: &mut [f32],
+    ) {
+        dot::matvec_rows(w, first, x, sums, out)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn matmul_avx512(
+        w: &QuantMatrix,
+        first: usize,
+        xs: &[f32],
+        batch: usize,
+        out: &mut [f32],
+    ) {
+        dot::matmul_rows(w, first, xs, batch, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn matmul_avx2(
+        w: &QuantMatrix,
+        first: usize,
+        xs: &[f32],
+        batch: usize,
+        out: &mut [f32],
+    ) {
+        dot::matmul_rows(w, first, xs, batch, out)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Level {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Baseline,
+}
+
+fn level() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            // SELFROUTE_KERNEL=avx2|baseline forces a narrower path (tests and benchmarks).
+            let forced = std::env::var("SELFROUTE_KERNEL").unwrap_or_default();
+            let has_avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            let has_avx512 = has_avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
+            match forced.as_str() {
+                "baseline" => Level::Baseline,
+                "avx2" if has_avx2 => Level::Avx2,
+                _ if has_avx512 => Level::Avx512,
+                _ if has_avx2 => Level::Avx2,
+                _ => Level::Baseline,
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Level::Baseline
+}
+
+pub fn matvec_rows(w: &QuantMatrix, first: usize, x: &[f32], sums: &[f32], out: &mut [f32]) {
+    match level() {
+        // SAFETY: level() returned these only after detecting the features they enable.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { x86::matvec_avx512(w, first, x, sums, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { x86::matvec_avx2(w, first, x, sums, out) },
+        Level::Baseline => dot::matvec_rows(w, first, x, sums, out),
+    }
+}
+
+pub fn matmul_rows(w: &QuantMatrix, first: usize, xs: &[f32], batch: usize, out: &mut [f32]) {
+    match level() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { x86::matmul_avx512(w, first, xs, batch, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { x86::matmul_avx2(w, first, xs, batch, out) },
+        Level::Baseline => dot::matmul_rows(w, first, xs, batch, out),
+    }
+}
+
+/// Which path `level()` chose, for benchmark output.
+pub fn describe() -> &'static str {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => "avx2",
+        Level::Baseline => "baseline",
+    }
+}
