@@ -33,6 +33,17 @@ pub fn run(root: &Path) -> Result<()> {
 
     step("cargo test (workspace): unit, parity and CLI tests");
     cargo(root, &["test", "--workspace"])?;
+    for path in ["avx2", "baseline"] {
+        step(&format!(
+            "kernel tests again on the {path} path (SELFROUTE_KERNEL={path})"
+        ));
+        setup::run(
+            Command::new(env!("CARGO"))
+                .args(["test", "-p", "selfroute-candle", "--lib", "kernels"])
+                .env("SELFROUTE_KERNEL", path)
+                .current_dir(root),
+        )?;
+    }
 
     step("building selfroute-candle for wasm32-unknown-unknown (the browser's CPU fallback)");
     cargo(

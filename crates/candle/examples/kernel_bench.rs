@@ -8,9 +8,14 @@ use candle_core::{Device, Module, Tensor};
 use selfroute_candle::kernels::{BlockFormat, QuantMatrix, selected_path};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("kernel path: {}, threads: {}", selected_path(), rayon::current_num_threads());
+    println!(
+        "kernel path: {}, threads: {}",
+        selected_path(),
+        rayon::current_num_threads()
+    );
     for (rows, cols, fmt, gfmt) in [
         (1536usize, 576usize, BlockFormat::Q4_1, GgmlDType::Q4_1),
+        (1536, 576, BlockFormat::Q4_1, GgmlDType::Q4_1),
         (576, 1536, BlockFormat::Q4_1, GgmlDType::Q4_1),
         (576, 576, BlockFormat::Q4_1, GgmlDType::Q4_1),
         (49152, 576, BlockFormat::Q8_0, GgmlDType::Q8_0),

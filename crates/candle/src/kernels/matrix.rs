@@ -64,10 +64,10 @@ pub struct QuantMatrix {
     cols: usize,
     /// rows * blocks_per_row * quant_bytes.
     quants: Vec<u8>,
-    /// Per block: scale d.
-    scales: Vec<f16>,
-    /// Per block: offset m (Q4_1: stored; Q4_0: -8d; Q8_0: unused, 0).
-    offsets: Vec<f16>,
+    /// Per block: scale d, widened to f32 once at load so the hot loops do no conversions.
+    scales: Vec<f32>,
+    /// Per block: offset m (Q4_1: stored; Q4_0: -8d; Q8_0: 0).
+    offsets: Vec<f32>,
 }
 
 impl QuantMatrix {
@@ -96,21 +96,21 @@ impl QuantMatrix {
         let mut scales = Vec::with_capacity(blocks);
         let mut offsets = Vec::with_capacity(blocks);
         for block in ggml.chunks_exact(format.block_bytes()) {
-            let d = f16::from_le_bytes([block[0], block[1]]);
+            let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
             match format {
                 BlockFormat::Q4_0 => {
                     scales.push(d);
-                    offsets.push(f16::from_f32(-8.0 * d.to_f32()));
+                    offsets.push(-8.0 * d);
                     quants.extend_from_slice(&block[2..18]);
                 }
                 BlockFormat::Q4_1 => {
                     scales.push(d);
-                    offsets.push(f16::from_le_bytes([block[2], block[3]]));
+                    offsets.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
                     quants.extend_from_slice(&block[4..20]);
                 }
                 BlockFormat::Q8_0 => {
                     scales.push(d);
-                    offsets.push(f16::ZERO);
+                    offsets.push(0.0);
                     quants.extend_from_slice(&block[2..34]);
                 }
             }
@@ -142,7 +142,7 @@ impl QuantMatrix {
     }
 
     /// One row's quants, scales and offsets.
-    pub(super) fn row(&self, r: usize) -> (&[u8], &[f16], &[f16]) {
+    pub(super) fn row(&self, r: usize) -> (&[u8], &[f32], &[f32]) {
         let nb = self.blocks_per_row();
         let qb = self.format.quant_bytes();
         (
@@ -184,7 +184,8 @@ impl QuantMatrix {
             return Ok(());
         }
         // Prefill: each task dequantizes its rows once and multiplies them with every activation
-        // row; results land row-major per task and are transposed into [batch, rows] at the end.
+        // row in one small f32 GEMM; results land row-major per task and are transposed into
+        // [batch, rows] at the end.
         let mut by_row = vec![0.0f32; self.rows * batch];
         by_row
             .par_chunks_mut(chunk_rows * batch)

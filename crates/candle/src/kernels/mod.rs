@@ -9,9 +9,14 @@
 //! One generic body is compiled three times (AVX-512, AVX2+FMA, baseline) and chosen at run time;
 //! on wasm32 the baseline is built with simd128 when the target enables it.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod dispatch;
 mod dot;
 mod matrix;
 
 pub use dispatch::describe as selected_path;
 pub use matrix::{BlockFormat, KernelError, QuantMatrix};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! Every kernel path against a plain f64 product of the dequantized weights.
+
+use super::matrix::{BLOCK, BlockFormat, QuantMatrix};
+
+/// Deterministic pseudo-random bytes / floats.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn float(&mut self) -> f32 {
+        (self.next() % 20001) as f32 / 10000.0 - 1.0
+    }
+}
+
+/// Random GGML blocks with sane f16 scales.
+fn random_blocks(format: BlockFormat, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..rows * cols / BLOCK {
+        let d = half::f16::from_f32(0.01 + (rng.next() % 100) as f32 / 5000.0);
+        out.extend_from_slice(&d.to_le_bytes());
+        match format {
+            BlockFormat::Q4_1 => {
+                out.extend_from_slice(&half::f16::from_f32(rng.float() * 0.1).to_le_bytes())
+            }
+            BlockFormat::Q4_0 | BlockFormat::Q8_0 => {}
+        }
+        let n = if format == BlockFormat::Q8_0 { 32 } else { 16 };
+        out.extend((0..n).map(|_| rng.next() as u8));
+    }
+    out
+}
+
+/// Dequantizes straight from the GGML bytes (independent of the repacked layout).
+fn reference_dequant(format: BlockFormat, bytes: &[u8], cols: usize) -> Vec<f64> {
+    let block_bytes = match format {
+        BlockFormat::Q4_0 => 18,
+        BlockFormat::Q4_1 => 20,
+        BlockFormat::Q8_0 => 34,
+    };
+    let mut out = Vec::new();
+    for b in bytes.chunks_exact(block_bytes) {
+        let d = f64::from(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+        let mut vals = [0f64; 32];
+        match format {
+            BlockFormat::Q4_0 => {
+                for j in 0..16 {
+                    vals[j] = (f64::from(b[2 + j] & 15) - 8.0) * d;
+                    vals[j + 16] = (f64::from(b[2 + j] >> 4) - 8.0) * d;
+                }
+            }
+            BlockFormat::Q4_1 => {
+                let m = f64::from(half::f16::from_le_bytes([b[2], b[3]]).to_f32());
+                for j in 0..16 {
+                    vals[j] = f64::from(b[4 + j] & 15) * d + m;
+                    vals[j + 16] = f64::from(b[4 + j] >> 4) * d + m;
+                }
+            }
+            BlockFormat::Q8_0 => {
+                for j in 0..32 {
+                    vals[j] = f64::from(b[2 + j] as i8) * d;
+                }
+            }
+        }
+        out.extend_from_slice(&vals);
+    }
+    assert_eq!(out.len() % cols, 0);
+    out
+}
+
+fn check(format: BlockFormat, rows: usize, cols: usize, batch: usize) {
+    let mut rng = Lcg(rows as u64 * 31 + cols as u64 * 7 + batch as u64);
+    let bytes = random_blocks(format, rows, cols, &mut rng);
+    let w = reference_dequant(format, &bytes, cols);
+    let m = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+    let xs: Vec<f32> = (0..batch * cols).map(|_| rng.float()).collect();
+    let mut out = vec![0f32; batch * rows];
+    m.matmul(&xs, batch, &mut out).unwrap();
+    for b in 0..batch {
+        for r in 0..rows {
+            let expected: f64 = (0..cols)
+                .map(|c| w[r * cols + c] * f64::from(xs[b * cols + c]))
+                .sum();
+            let scale: f64 = (0..cols)
+                .map(|c| (w[r * cols + c] * f64::from(xs[b * cols + c])).abs())
+                .sum();
+            let got = f64::from(out[b * rows + r]);
+            // f32 accumulation: relative to the sum of magnitudes, a few ulps per term.
+            assert!(
+                (got - expected).abs() <= 1e-5 * scale.max(1e-3),
+                "{format:?} {rows}x{cols} batch {batch} [{b},{r}]: {got} vs {expected}"
+            );
+        }
+    }
+    let mut row = vec![0f32; cols];
+    m.dequantize_row(rows - 1, &mut row).unwrap();
+    for (c, v) in row.iter().enumerate() {
+        assert!((f64::from(*v) - w[(rows - 1) * cols + c]).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn all_formats_shapes_and_batches_match_the_f64_reference() {
+    // The path is chosen once per process from SELFROUTE_KERNEL; CI runs this file on the widest
+    // path the machine has, and `kernel_paths_agree` below compares paths directly.
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        for (rows, cols) in [(1, 32), (7, 64), (37, 576), (130, 1536)] {
+            for batch in [1, 3, 17] {
+                check(format, rows, cols, batch);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_compiled_path_agrees_with_the_baseline() {
+    let mut rng = Lcg(99);
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        let (rows, cols) = (45, 576);
+        let bytes = random_blocks(format, rows, cols, &mut rng);
+        let m = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| rng.float()).collect();
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        let mut baseline = vec![0f32; rows];
+        super::dot::matvec_rows(&m, 0, &x, &sums, &mut baseline);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("fma")
+        {
+            let mut fast = vec![0f32; rows];
+            // SAFETY: features checked just above.
+            unsafe { super::avx512::matvec_rows(&m, 0, &x, &sums, &mut fast) };
+            for (a, b) in fast.iter().zip(&baseline) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{format:?}: avx512 {a} vs baseline {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(QuantMatrix::new(BlockFormat::Q4_1, 2, 48, &[0; 60]).is_err());
+    assert!(QuantMatrix::new(BlockFormat::Q4_1, 2, 32, &[0; 39]).is_err());
+    let m = QuantMatrix::new(BlockFormat::Q8_0, 2, 32, &[0; 68]).unwrap();
+    assert!(m.matmul(&[0.0; 31], 1, &mut [0.0; 2]).is_err());
+    assert!(m.matmul(&[0.0; 32], 1, &mut [0.0; 3]).is_err());
+    assert!(m.dequantize_row(2, &mut [0.0; 32]).is_err());
+}
