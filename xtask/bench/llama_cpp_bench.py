@@ -18,17 +18,23 @@ def main():
     prompt = json.load(open(ids_path))
     llm = Llama(model_path=model, n_ctx=1024, n_batch=512, n_threads=threads,
                 n_threads_batch=threads, verbose=False)
+    vocab = llm.n_vocab()
+
+    def next_token():
+        # Without logits_all, llama-cpp-python keeps no scores; read the context's last row.
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))))
+
     prefill, decode = [], []
     for _ in range(repeats):
         llm.reset()
         t = time.perf_counter()
         llm.eval(prompt)
         prefill.append(len(prompt) / (time.perf_counter() - t))
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        nxt = next_token()
         t = time.perf_counter()
         for _ in range(decode_tokens):
             llm.eval([nxt])
-            nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            nxt = next_token()
         decode.append(decode_tokens / (time.perf_counter() - t))
     print(json.dumps({"prefill_tok_s": statistics.median(prefill),
                       "decode_tok_s": statistics.median(decode)}))

@@ -1,73 +1,112 @@
-//! A per-layer key/value cache that grows by doubling, so appending one position copies only that
-//! position (amortised) instead of the whole history.
+//! Grouped-query attention over a per-layer key/value cache held as plain memory.
+//!
+//! At batch 1 the attention itself is a few thousand multiply-adds per head; done as tensor ops
+//! it cost more in copies (strided cache views made contiguous every step) and dispatch than in
+//! arithmetic, so it is written directly over slices.
 
-use candle_core::{DType, Device, Tensor};
-
-use crate::error::Result;
+use rayon::prelude::*;
 
 pub struct KvCache {
-    /// [kv_heads, capacity, head_dim]; only the first `len` positions are valid.
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    len: usize,
-    max_len: usize,
+    /// [position][kv_heads * head_dim]
+    k: Vec<f32>,
+    v: Vec<f32>,
+    row: usize,
+}
+
+pub struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
 }
 
 impl KvCache {
-    pub fn new(max_len: usize) -> Self {
+    pub fn new(kv_heads: usize, head_dim: usize) -> Self {
         Self {
-            k: None,
-            v: None,
-            len: 0,
-            max_len,
+            k: Vec::new(),
+            v: Vec::new(),
+            row: kv_heads * head_dim,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.k.len() / self.row
     }
 
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-        if self.len == 0 {
-            // Give the memory back; a new conversation starts small again.
-            self.k = None;
-            self.v = None;
+        self.k.truncate(len * self.row);
+        self.v.truncate(len * self.row);
+        if len == 0 {
+            // A new conversation starts small again.
+            self.k = Vec::new();
+            self.v = Vec::new();
         }
     }
 
-    /// Appends k, v of shape [kv_heads, seq, head_dim]; returns views of all cached positions.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (heads, seq, head_dim) = k.dims3()?;
-        let needed = self.len + seq;
-        let capacity = self.k.as_ref().map(|t| t.dim(1)).transpose()?.unwrap_or(0);
-        if needed > capacity {
-            // Double, start at 64, never past the context (but always fit what is needed).
-            let new_capacity = needed
-                .next_power_of_two()
-                .max(64)
-                .min(self.max_len)
-                .max(needed);
-            let grow = |old: &Option<Tensor>, device: &Device| -> Result<Tensor> {
-                let fresh = Tensor::zeros((heads, new_capacity, head_dim), DType::F32, device)?;
-                if let Some(old) = old
-                    && self.len > 0
-                {
-                    fresh.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+    /// Appends keys and values ([seq][kv_heads * head_dim]) and attends with `q`
+    /// ([seq][heads * head_dim]), causally: query t sees cached positions 0..=start+t.
+    /// Returns [seq][heads * head_dim].
+    pub fn attend(&mut self, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape) -> Vec<f32> {
+        let start = self.len();
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+        let (heads, hd) = (shape.heads, shape.head_dim);
+        let group = heads / shape.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0.0f32; q.len()];
+        let work = |(i, o): (usize, &mut [f32])| {
+            let (t, h) = (i / heads, i % heads);
+            let kv = h / group;
+            let qh = &q[i * hd..(i + 1) * hd];
+            let visible = start + t + 1;
+            let mut scores: Vec<f32> = (0..visible)
+                .map(|j| {
+                    dot(
+                        qh,
+                        &self.k[j * self.row + kv * hd..j * self.row + (kv + 1) * hd],
+                    ) * scale
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            let inv = 1.0 / total;
+            for (j, p) in scores.iter().enumerate() {
+                let vj = &self.v[j * self.row + kv * hd..j * self.row + (kv + 1) * hd];
+                let w = p * inv;
+                for (acc, x) in o.iter_mut().zip(vj) {
+                    *acc += w * x;
                 }
-                Ok(fresh)
-            };
-            let k_new = grow(&self.k, k.device())?;
-            let v_new = grow(&self.v, v.device())?;
-            self.k = Some(k_new);
-            self.v = Some(v_new);
-        }
-        let (Some(kc), Some(vc)) = (&self.k, &self.v) else {
-            return Err(candle_core::Error::Msg("kv cache was not allocated".into()).into());
+            }
         };
-        kc.slice_set(&k.contiguous()?, 1, self.len)?;
-        vc.slice_set(&v.contiguous()?, 1, self.len)?;
-        self.len = needed;
-        Ok((kc.narrow(1, 0, self.len)?, vc.narrow(1, 0, self.len)?))
+        // One (position, head) pair per task; parallel only when there is enough of it.
+        if q.len() / hd >= 64 {
+            out.par_chunks_mut(hd).enumerate().for_each(work);
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(work);
+        }
+        out
     }
+}
+
+/// Dot product with lane accumulators, so it vectorizes.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for j in 0..LANES {
+            acc[j] += ca[j] * cb[j];
+        }
+    }
+    let tail: f32 = a
+        .chunks_exact(LANES)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(LANES).remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }

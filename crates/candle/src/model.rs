@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use selfroute_core::{Backend, Logits, LogitsFor, ModelConfig, WeightKey, WeightSource};
 
 use crate::error::{CandleError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{AttentionShape, KvCache};
 use crate::linear::{Embedding, Linear, dense_tensor};
 use crate::rope::Rope;
 
@@ -35,6 +35,10 @@ pub struct CandleModel {
     output_norm: Tensor,
     output: Linear,
     rope: Rope,
+    /// The forward pass runs inside this pool, so the calling thread is one of the workers and a
+    /// kernel's parallel loop starts without waking a sleeping thread per call (hundreds of calls
+    /// per token). None where threads cannot be spawned (wasm), then it runs inline.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl CandleModel {
@@ -74,7 +78,7 @@ impl CandleModel {
                 gate: linear(WeightKey::FfnGate(l))?,
                 up: linear(WeightKey::FfnUp(l))?,
                 down: linear(WeightKey::FfnDown(l))?,
-                cache: KvCache::new(config.context_length),
+                cache: KvCache::new(config.num_kv_heads, config.head_dim),
             });
         }
         let output = if config.tie_embeddings {
@@ -87,8 +91,7 @@ impl CandleModel {
             config.rope_theta,
             config.context_length,
             config.rope_layout,
-            device,
-        )?;
+        );
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
@@ -97,6 +100,10 @@ impl CandleModel {
             output_norm: dense(WeightKey::OutputNorm)?,
             output,
             rope,
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(rayon::current_num_threads())
+                .build()
+                .ok(),
         })
     }
 
@@ -106,6 +113,22 @@ impl CandleModel {
 
     /// The forward pass over `tokens` at `start_pos..`; returns logits [rows, vocab].
     pub fn forward_tokens(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        want: LogitsFor,
+    ) -> Result<Tensor> {
+        match self.pool.take() {
+            Some(pool) => {
+                let result = pool.install(|| self.forward_in_pool(tokens, start_pos, want));
+                self.pool = Some(pool);
+                result
+            }
+            None => self.forward_in_pool(tokens, start_pos, want),
+        }
+    }
+
+    fn forward_in_pool(
         &mut self,
         tokens: &[u32],
         start_pos: usize,
@@ -130,18 +153,9 @@ impl CandleModel {
         let eps = f64::from(c.rms_norm_eps);
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embedding.forward(&ids)?;
-        let mask = causal_mask(seq, start_pos, &self.device)?;
         for layer in &mut self.layers {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = attention(
-                c,
-                &layer.attn,
-                &mut layer.cache,
-                &self.rope,
-                &h,
-                start_pos,
-                mask.as_ref(),
-            )?;
+            let a = attention(c, &layer.attn, &mut layer.cache, &self.rope, &h, start_pos)?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
@@ -168,26 +182,6 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     )?)
 }
 
-/// Additive mask [seq, start+seq]: query i sees keys 0..=start+i.
-fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Option<Tensor>> {
-    if seq == 1 {
-        return Ok(None);
-    }
-    let total = start + seq;
-    let data: Vec<f32> = (0..seq)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j <= start + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Some(Tensor::from_vec(data, (seq, total), device)?))
-}
-
 fn attention(
     c: &ModelConfig,
     attn: &Attention,
@@ -195,11 +189,8 @@ fn attention(
     rope: &Rope,
     h: &Tensor,
     start: usize,
-    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let seq = h.dim(0)?;
-    let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-    let group = nh / nkv;
     let mut q = attn.q.forward(h)?;
     let mut k = attn.k.forward(h)?;
     let mut v = attn.v.forward(h)?;
@@ -208,31 +199,18 @@ fn attention(
         k = k.broadcast_add(bk)?;
         v = v.broadcast_add(bv)?;
     }
-    // [seq, heads*hd] -> [1, heads, seq, hd]
-    let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?;
-    let k = k.reshape((1, seq, nkv, hd))?.transpose(1, 2)?;
-    let v = v.reshape((seq, nkv, hd))?.transpose(0, 1)?;
-    let q = rope.apply(&q, start)?.squeeze(0)?;
-    let k = rope.apply(&k, start)?.squeeze(0)?;
-    let (k_all, v_all) = cache.append(&k, &v)?;
-    let total = k_all.dim(1)?;
-    // Heads that share a KV head are stacked on the row axis: [nkv, group*seq, hd].
-    let q = q.reshape((nkv, group * seq, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k_all.t()?)? * scale)?;
-    let scores = match mask {
-        Some(m) => scores
-            .reshape((nkv, group, seq, total))?
-            .broadcast_add(m)?
-            .reshape((nkv, group * seq, total))?,
-        None => scores,
+    let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+    let v = v.flatten_all()?.to_vec1::<f32>()?;
+    rope.apply(&mut q, c.num_heads, start);
+    rope.apply(&mut k, c.num_kv_heads, start);
+    let shape = AttentionShape {
+        heads: c.num_heads,
+        kv_heads: c.num_kv_heads,
+        head_dim: c.head_dim,
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let out = probs.matmul(&v_all.contiguous()?)?; // [nkv, group*seq, hd]
-    let out = out
-        .reshape((nh, seq, hd))?
-        .transpose(0, 1)?
-        .reshape((seq, nh * hd))?;
+    let out = cache.attend(&q, &k, &v, &shape);
+    let out = Tensor::from_vec(out, (seq, c.q_dim()), h.device())?;
     attn.o.forward(&out)
 }
 

@@ -1,50 +1,66 @@
-//! Rotary position embedding tables and their application in either pairing layout.
+//! Rotary position embedding, applied in place to rows laid out [seq][heads][head_dim], in
+//! either pairing layout.
 
-use candle_core::{D, DType, Device, Tensor};
 use selfroute_core::RopeLayout;
 
-use crate::error::Result;
-
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    /// [position][head_dim / 2]
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
     layout: RopeLayout,
 }
 
 impl Rope {
-    /// Tables for `max_positions` positions; built once, sliced per call.
-    pub fn new(
-        head_dim: usize,
-        theta: f32,
-        max_positions: usize,
-        layout: RopeLayout,
-        device: &Device,
-    ) -> Result<Self> {
+    /// Tables for `max_positions` positions, built once.
+    pub fn new(head_dim: usize, theta: f32, max_positions: usize, layout: RopeLayout) -> Self {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (f64::from(theta).powf(2.0 * i as f64 / head_dim as f64)) as f32)
-            .collect();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let positions = Tensor::arange(0u32, max_positions as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((max_positions, 1))?;
-        let angles = positions.broadcast_mul(&inv_freq)?;
-        Ok(Self {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for pos in 0..max_positions {
+            for i in 0..half {
+                let inv_freq = 1.0 / f64::from(theta).powf(2.0 * i as f64 / head_dim as f64);
+                let angle = pos as f64 * inv_freq;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Self {
+            cos,
+            sin,
+            half,
             layout,
-        })
+        }
     }
 
-    /// Rotates `x` of shape [batch, heads, seq, head_dim] for positions start..start+seq.
-    pub fn apply(&self, x: &Tensor, start: usize) -> Result<Tensor> {
-        let seq = x.dim(D::Minus2)?;
-        let cos = self.cos.narrow(0, start, seq)?;
-        let sin = self.sin.narrow(0, start, seq)?;
-        let x = x.contiguous()?;
-        Ok(match self.layout {
-            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
-            RopeLayout::Half => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
-        })
+    /// Rotates `x` ([seq][heads][head_dim], flattened) for positions start..start+seq.
+    pub fn apply(&self, x: &mut [f32], heads: usize, start: usize) {
+        let head_dim = 2 * self.half;
+        for (t, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+            let pos = start + t;
+            let cos = &self.cos[pos * self.half..(pos + 1) * self.half];
+            let sin = &self.sin[pos * self.half..(pos + 1) * self.half];
+            for head in row.chunks_exact_mut(head_dim) {
+                match self.layout {
+                    // Pairs (2i, 2i+1): llama.cpp's permuted Q/K rows.
+                    RopeLayout::Interleaved => {
+                        for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                            let (a, b) = (pair[0], pair[1]);
+                            pair[0] = a * cos[i] - b * sin[i];
+                            pair[1] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                    // Pairs (i, i + head_dim/2): Hugging Face's rotate-half.
+                    RopeLayout::Half => {
+                        let (lo, hi) = head.split_at_mut(self.half);
+                        for i in 0..self.half {
+                            let (a, b) = (lo[i], hi[i]);
+                            lo[i] = a * cos[i] - b * sin[i];
+                            hi[i] = a * sin[i] + b * cos[i];
+                        }
+                    }
+                }
+            }
+        }
     }
 }

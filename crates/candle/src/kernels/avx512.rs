@@ -4,15 +4,18 @@
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::matrix::{BLOCK, BlockFormat, QuantMatrix};
 
 const ROWS: usize = 4;
 
-/// out[i] = W[first_row + i] . x for every i, with x's block sums for the offset term.
+/// out[i] = W[first_row + i] . x for every i (offsets are folded into the per-block tables, so
+/// the block sums the portable path uses are not needed here).
 ///
 /// # Safety
-/// The CPU must support avx512f, avx512bw and fma.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+/// The CPU must support avx512f, avx512bw, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 pub unsafe fn matvec_rows(
     w: &QuantMatrix,
     first_row: usize,
@@ -29,31 +32,30 @@ pub unsafe fn matvec_rows(
     while i + ROWS <= out.len() {
         let rows: [_; ROWS] = std::array::from_fn(|k| w.row(first_row + i + k));
         let sums = unsafe { dot4(w.format(), rows, x, nb) };
-        for k in 0..ROWS {
-            let (_, _, m) = rows[k];
-            out[i + k] = sums[k] + offset_term(m, block_sums);
-        }
+        out[i..i + ROWS].copy_from_slice(&sums);
         i += ROWS;
     }
     while i < out.len() {
         let row = w.row(first_row + i);
         let sums = unsafe { dot4(w.format(), [row, row, row, row], x, nb) };
-        out[i] = sums[0] + offset_term(row.2, block_sums);
+        out[i] = sums[0];
         i += 1;
     }
 }
 
-#[inline(always)]
-fn offset_term(m: &[f32], block_sums: &[f32]) -> f32 {
-    m.iter().zip(block_sums).map(|(a, b)| a * b).sum()
+/// One f16 value in all 16 lanes (vcvtph2ps + vbroadcastss).
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+fn splat_f16(v: f16) -> __m512 {
+    _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(v.to_bits()))))
 }
 
 /// Dot products of four rows with x; each row is (quants, scales, offsets) of `nb` blocks.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 unsafe fn dot4(
     format: BlockFormat,
-    rows: [(&[u8], &[f32], &[f32]); ROWS],
+    rows: [(&[u8], &[f16], &[f16]); ROWS],
     x: &[f32],
     nb: usize,
 ) -> [f32; ROWS] {
@@ -66,23 +68,33 @@ unsafe fn dot4(
     }
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let xp = x.as_ptr();
-    let mask = _mm512_set1_epi32(0x0F);
     // SAFETY (all loads below): b < nb, each row holds nb * qb quant bytes and nb scales, and x
     // holds nb * 32 floats, as asserted above.
     unsafe {
         match format {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                // A 16-entry table of this block's dequantized values (q * d + m for q = 0..15);
+                // vpermps indexes it with the low 4 bits of each lane, so a nibble needs no mask
+                // and no int-to-float conversion, and the offset m is already folded in.
+                let iota = _mm512_setr_ps(
+                    0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
+                );
                 for b in 0..nb {
                     let x0 = _mm512_loadu_ps(xp.add(b * BLOCK));
                     let x1 = _mm512_loadu_ps(xp.add(b * BLOCK + 16));
                     for k in 0..ROWS {
-                        let (q, d, _) = rows[k];
+                        let (q, d, m) = rows[k];
+                        let table = _mm512_fmadd_ps(
+                            iota,
+                            splat_f16(*d.get_unchecked(b)),
+                            splat_f16(*m.get_unchecked(b)),
+                        );
                         let packed = _mm_loadu_si128(q.as_ptr().add(b * 16) as *const __m128i);
                         let wide = _mm512_cvtepu8_epi32(packed);
-                        let lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, mask));
-                        let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
-                        let t = _mm512_fmadd_ps(x1, hi, _mm512_mul_ps(x0, lo));
-                        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(*d.get_unchecked(b)), t, acc[k]);
+                        let lo = _mm512_permutexvar_ps(wide, table);
+                        let hi = _mm512_permutexvar_ps(_mm512_srli_epi32(wide, 4), table);
+                        acc[k] = _mm512_fmadd_ps(x0, lo, acc[k]);
+                        acc[k] = _mm512_fmadd_ps(x1, hi, acc[k]);
                     }
                 }
             }
@@ -100,7 +112,7 @@ unsafe fn dot4(
                             p.add(16) as *const __m128i,
                         )));
                         let t = _mm512_fmadd_ps(x1, hi, _mm512_mul_ps(x0, lo));
-                        acc[k] = _mm512_fmadd_ps(_mm512_set1_ps(*d.get_unchecked(b)), t, acc[k]);
+                        acc[k] = _mm512_fmadd_ps(splat_f16(*d.get_unchecked(b)), t, acc[k]);
                     }
                 }
             }

@@ -2,6 +2,8 @@
 //! reductions inside the block loop. `#[inline(always)]` so each dispatch variant gets its own
 //! copy compiled with its target features.
 
+use half::f16;
+
 use super::matrix::{BLOCK, BlockFormat, QuantMatrix};
 
 const LANES: usize = 16;
@@ -11,8 +13,8 @@ const LANES: usize = 16;
 fn dot_row(
     format: BlockFormat,
     quants: &[u8],
-    d: &[f32],
-    m: &[f32],
+    d: &[f16],
+    m: &[f16],
     x: &[f32],
     block_sums: &[f32],
 ) -> f32 {
@@ -26,11 +28,11 @@ fn dot_row(
                 for j in 0..LANES {
                     t[j] = xb[j] * f32::from(q[j] & 0x0F) + xb[j + 16] * f32::from(q[j] >> 4);
                 }
-                let scale = d[b];
+                let scale = d[b].to_f32();
                 for j in 0..LANES {
                     acc[j] += scale * t[j];
                 }
-                offset_total += m[b] * block_sums[b];
+                offset_total += m[b].to_f32() * block_sums[b];
             }
         }
         BlockFormat::Q8_0 => {
@@ -40,7 +42,7 @@ fn dot_row(
                 for j in 0..LANES {
                     t[j] = xb[j] * f32::from(q[j] as i8) + xb[j + 16] * f32::from(q[j + 16] as i8);
                 }
-                let scale = d[b];
+                let scale = d[b].to_f32();
                 for j in 0..LANES {
                     acc[j] += scale * t[j];
                 }
@@ -67,13 +69,13 @@ pub fn matvec_rows(
 #[inline(always)]
 pub fn dequantize_row(
     format: BlockFormat,
-    (quants, scales, offsets): (&[u8], &[f32], &[f32]),
+    (quants, scales, offsets): (&[u8], &[f16], &[f16]),
     out: &mut [f32],
 ) {
     match format {
         BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
             for (b, q) in quants.chunks_exact(16).enumerate() {
-                let (d, m) = (scales[b], offsets[b]);
+                let (d, m) = (scales[b].to_f32(), offsets[b].to_f32());
                 let o = &mut out[b * BLOCK..b * BLOCK + BLOCK];
                 for j in 0..16 {
                     o[j] = f32::from(q[j] & 0x0F) * d + m;
@@ -83,7 +85,7 @@ pub fn dequantize_row(
         }
         BlockFormat::Q8_0 => {
             for (b, q) in quants.chunks_exact(32).enumerate() {
-                let d = scales[b];
+                let d = scales[b].to_f32();
                 let o = &mut out[b * BLOCK..b * BLOCK + BLOCK];
                 for j in 0..32 {
                     o[j] = f32::from(q[j] as i8) * d;
