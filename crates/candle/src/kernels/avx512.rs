@@ -60,12 +60,18 @@ unsafe fn dot4(
     nb: usize,
 ) -> [f32; ROWS] {
     let qb = format.quant_bytes();
-    for (q, d, _) in &rows {
+    let nibbles = matches!(format, BlockFormat::Q4_0 | BlockFormat::Q4_1);
+    for (q, d, m) in &rows {
         assert!(
-            q.len() == nb * qb && d.len() == nb,
+            q.len() == nb * qb && d.len() == nb && (!nibbles || m.len() == nb),
             "row layout checked at construction"
         );
     }
+    // Rows are contiguous, so the next group of four starts where the last row ends. Decode is
+    // bound by memory latency; pulling the next group's quants in while this one computes keeps
+    // the loads ahead (a group is nb * qb * 4 bytes: one or two cache lines per block).
+    let next_group = rows[ROWS - 1].0.as_ptr().wrapping_add(nb * qb);
+    let lines_per_block = qb * ROWS / 64;
     let mut acc = [_mm512_setzero_ps(); ROWS];
     let xp = x.as_ptr();
     // SAFETY (all loads below): b < nb, each row holds nb * qb quant bytes and nb scales, and x
@@ -80,6 +86,7 @@ unsafe fn dot4(
                     0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
                 );
                 for b in 0..nb {
+                    _mm_prefetch::<_MM_HINT_T0>(next_group.wrapping_add(b * 64) as *const i8);
                     let x0 = _mm512_loadu_ps(xp.add(b * BLOCK));
                     let x1 = _mm512_loadu_ps(xp.add(b * BLOCK + 16));
                     for k in 0..ROWS {
@@ -100,6 +107,11 @@ unsafe fn dot4(
             }
             BlockFormat::Q8_0 => {
                 for b in 0..nb {
+                    for line in 0..lines_per_block {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            next_group.wrapping_add((b * lines_per_block + line) * 64) as *const i8,
+                        );
+                    }
                     let x0 = _mm512_loadu_ps(xp.add(b * BLOCK));
                     let x1 = _mm512_loadu_ps(xp.add(b * BLOCK + 16));
                     for k in 0..ROWS {
