@@ -156,3 +156,54 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_hugging_face_folder_loads_and_generates() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/data");
+    let dir = std::env::temp_dir().join(format!("selfroute-cli-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(data.join("tiny_llama_f16").join(name), dir.join(name)).unwrap();
+    }
+    let run = |dir: &std::path::Path| {
+        selfroute()
+            .args([
+                "generate",
+                "--prompt",
+                "the cat",
+                "--max-tokens",
+                "3",
+                "--json",
+                "--model",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    // Without a tokenizer the folder is refused with a reason.
+    let out = run(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no tokenizer.json"), "{err}");
+
+    // The tiny GGUF's 256-token tokenizer fits this model's 256-row embedding.
+    let gguf = selfroute_core::GgufFile::from_bytes(
+        "tiny_llama.gguf",
+        std::fs::read(data.join("tiny_llama.gguf")).unwrap(),
+    )
+    .unwrap();
+    let json = selfroute_core::Tokenizer::from_gguf(&gguf)
+        .unwrap()
+        .to_json()
+        .unwrap();
+    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+    let out = run(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["completion_tokens"], 3);
+    std::fs::remove_dir_all(&dir).ok();
+}
