@@ -43,7 +43,9 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// One generated token, with the text it completes (often empty mid-character).
+/// One generated token, with the text it completes (empty while a character is incomplete). A
+/// generation that stops mid-character ends with one more event for the last token carrying the
+/// held-back text.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     pub id: u32,
@@ -225,11 +227,13 @@ impl<B: Backend> Generator<B> {
                 }
             }
         }
-        if let Some(rest) = stream.finish(tokenizer)? {
+        // Text held back because the output ended inside a character: hand it over with the
+        // last token again, so the streamed text always equals `out.text`.
+        if let (Some(rest), Some(&last)) = (stream.finish(tokenizer)?, out.tokens.last()) {
             out.text.push_str(&rest);
             on_token(TokenEvent {
-                id: *out.tokens.last().unwrap_or(&0),
-                index: out.tokens.len(),
+                id: last,
+                index: out.tokens.len() - 1,
                 text: &rest,
             });
         }
