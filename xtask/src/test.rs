@@ -39,7 +39,7 @@ pub fn run(root: &Path) -> Result<()> {
         ));
         setup::run(
             Command::new(env!("CARGO"))
-                .args(["test", "-p", "selfroute-candle", "--lib", "kernels"])
+                .args(["test", "--workspace", "--lib", "kernels"])
                 .env("SELFROUTE_KERNEL", path)
                 .current_dir(root),
         )?;
