@@ -35,11 +35,11 @@ pub fn run(root: &Path) -> Result<()> {
     cargo(root, &["test", "--workspace"])?;
     for path in ["avx2", "baseline"] {
         step(&format!(
-            "kernel tests again on the {path} path (SELFROUTE_KERNEL={path})"
+            "kernel and parity tests again on the {path} path (SELFROUTE_KERNEL={path})"
         ));
         setup::run(
             Command::new(env!("CARGO"))
-                .args(["test", "--workspace", "--lib", "kernels"])
+                .args(["test", "--workspace", "--lib", "--test", "parity"])
                 .env("SELFROUTE_KERNEL", path)
                 .current_dir(root),
         )?;

@@ -7,17 +7,6 @@ use super::matrix::QuantMatrix;
 mod x86 {
     use super::{QuantMatrix, dot};
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn matvec_avx2(
-        w: &QuantMatrix,
-        first: usize,
-        x: &[f32],
-        sums: &[f32],
-        out: &mut [f32],
-    ) {
-        dot::matvec_rows(w, first, x, sums, out)
-    }
-
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
     pub unsafe fn matmul_avx512(
         w: &QuantMatrix,
@@ -83,7 +72,7 @@ pub fn matvec_rows(w: &QuantMatrix, first: usize, x: &[f32], sums: &[f32], out: 
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { super::avx512::matvec_rows(w, first, x, sums, out) },
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::matvec_avx2(w, first, x, sums, out) },
+        Level::Avx2 => unsafe { super::avx2::matvec_rows(w, first, x, sums, out) },
         Level::Baseline => dot::matvec_rows(w, first, x, sums, out),
     }
 }

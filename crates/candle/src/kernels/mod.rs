@@ -10,6 +10,8 @@
 //! on wasm32 the baseline is built with simd128 when the target enables it.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dispatch;
 mod dot;

@@ -143,6 +143,21 @@ fn every_compiled_path_agrees_with_the_baseline() {
                 );
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            let mut fast = vec![0f32; rows];
+            // SAFETY: features checked just above.
+            unsafe { super::avx2::matvec_rows(&m, 0, &x, &sums, &mut fast) };
+            for (a, b) in fast.iter().zip(&baseline) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{format:?}: avx2 {a} vs baseline {b}"
+                );
+            }
+        }
     }
 }
 
