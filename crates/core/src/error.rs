@@ -126,8 +126,33 @@ pub enum Error {
     #[error("invalid sampling parameters: {0}")]
     InvalidSampling(String),
 
+    #[error("invalid offload signal: {0}")]
+    InvalidOffloadMarker(String),
+
     #[error("backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the OpenAI Chat Completions wire format (`crate::openai`): what a cloud endpoint
+/// sent back could not be used. Kept apart from [`Error`] because it is about a network peer, not
+/// a model file, and clients match on `Api` to show the provider's own message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    /// The endpoint answered with an error object (`{"error": {...}}`).
+    #[error("the API returned an error: {0}")]
+    Api(crate::openai::ApiError),
+
+    /// The body or a stream event is not the JSON expected; `excerpt` is its beginning.
+    #[error("malformed {what}: {reason} (in `{excerpt}`)")]
+    Malformed {
+        what: &'static str,
+        reason: String,
+        excerpt: String,
+    },
+
+    /// A server-sent event grew past the parser's limit (a broken or hostile stream).
+    #[error("a server-sent event exceeds the limit of {limit} bytes")]
+    EventTooLarge { limit: usize },
+}

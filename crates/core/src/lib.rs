@@ -7,6 +7,8 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod offload;
+pub mod openai;
 pub mod package;
 pub mod safetensors;
 pub mod sampler;
@@ -16,9 +18,12 @@ pub mod weights;
 pub use backend::{Backend, Logits, LogitsFor};
 pub use chat::{ChatTemplate, Message, Role};
 pub use config::{Architecture, ModelConfig, RopeLayout};
-pub use error::{Error, Result, SourceName};
+pub use error::{Error, Result, SourceName, WireError};
 pub use generate::{Control, FinishReason, Generation, GenerationParams, Generator, TokenEvent};
 pub use gguf::GgufFile;
+pub use offload::{
+    DEFAULT_OFFLOAD_MARKER, Detection, OFFLOAD_TOKEN, OffloadDetector, OffloadReason, OffloadSignal,
+};
 pub use package::ModelPackage;
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::{TextStream, Tokenizer};
