@@ -129,6 +129,12 @@ pub enum Error {
     #[error("invalid offload signal: {0}")]
     InvalidOffloadMarker(String),
 
+    #[error("invalid routing settings: {0}")]
+    InvalidRouting(String),
+
+    #[error("no conversation to answer: {0}")]
+    InvalidConversation(String),
+
     #[error("backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

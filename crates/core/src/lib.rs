@@ -1,8 +1,11 @@
 //! selfroute-core: what a model is and how text becomes tokens and back, independent of any
 //! compute backend and of any I/O policy (callers hand in bytes).
 
+pub mod assistant;
 pub mod backend;
+pub mod budget;
 pub mod chat;
+pub mod cloud;
 pub mod config;
 pub mod error;
 pub mod generate;
@@ -15,8 +18,11 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
+pub use assistant::{Assistant, ChatOutcome, LocalReason, Route, RouteEvent, RoutingConfig};
 pub use backend::{Backend, Logits, LogitsFor};
+pub use budget::CloudBudget;
 pub use chat::{ChatTemplate, Message, Role};
+pub use cloud::{CloudClient, CloudCompletion, CloudError, CloudReply, NoCloud, RetryPolicy};
 pub use config::{Architecture, ModelConfig, RopeLayout};
 pub use error::{Error, Result, SourceName, WireError};
 pub use generate::{Control, FinishReason, Generation, GenerationParams, Generator, TokenEvent};

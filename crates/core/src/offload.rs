@@ -62,7 +62,8 @@ impl OffloadSignal {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OffloadReason {
     /// The model emitted [`OFFLOAD_TOKEN`].
     Token,

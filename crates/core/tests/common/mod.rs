@@ -144,6 +144,36 @@ impl GgufBuilder {
         Self { metadata, tensors }
     }
 
+    /// [`Self::tiny_llama`] with `<|offload|>` as a control token (id 3, as the trainer adds it)
+    /// and a context of `context` tokens.
+    pub fn tiny_llama_with_offload(context: u32) -> Self {
+        let mut tokens: Vec<String> = CONTROL_TOKENS.iter().map(|s| s.to_string()).collect();
+        tokens.push("<|offload|>".to_string());
+        let controls = tokens.len();
+        tokens.extend(byte_level_alphabet());
+        let vocab = tokens.len();
+        let types = (0..vocab)
+            .map(|i| Value::I32(if i < controls { 3 } else { 1 }))
+            .collect();
+        let mut builder = Self::tiny_llama();
+        builder
+            .set_meta(
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            )
+            .set_meta("tokenizer.ggml.token_type", Value::Array(types))
+            .set_meta("llama.context_length", Value::U32(context));
+        builder.tensors.retain(|(n, _)| n != "token_embd.weight");
+        builder.tensors.insert(
+            0,
+            (
+                "token_embd.weight".to_string(),
+                tensor(&[vocab, HIDDEN], 1, GgmlDType::F32),
+            ),
+        );
+        builder
+    }
+
     pub fn set_meta(&mut self, key: &str, value: Value) -> &mut Self {
         self.metadata.retain(|(k, _)| k != key);
         self.metadata.push((key.to_string(), value));
