@@ -1,24 +1,30 @@
-//! `selfroute chat`: an interactive conversation with streaming answers.
+//! `selfroute chat`: an interactive conversation. Each answer streams from the device or, when the
+//! model hands the question over, from the cloud, and ends with where it came from and its figures.
 
 use std::io::{BufRead, Write};
-use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use selfroute_core::{Control, Generator, Message};
+use selfroute_core::{ChatOutcome, Control, LocalReason, Message, Role, Route, RouteEvent};
 
 use crate::load;
 use crate::options::{ModelArgs, SamplingArgs};
+use crate::routing::{self, RoutingArgs};
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
     /// System message for the conversation.
     #[arg(long)]
     pub system: Option<String>,
+    /// Print one JSON object per answer (text, route and figures) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub routing: RoutingArgs,
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -32,28 +38,29 @@ pub fn run(args: ChatArgs) -> Result<()> {
             .display()
     );
     let loaded = load::load(&args.model)?;
-    let template = loaded
-        .package
-        .chat_template
-        .as_ref()
-        .with_context(|| format!("{} has no chat template", loaded.path.display()))?;
-    let tokenizer = loaded.package.tokenizer.clone();
-    let params = args.sampling.params();
-    let mut generator = Generator::new(loaded.model);
+    let load_ms = loaded.load_ms;
+    let mut assistant = routing::build(loaded, &args.routing, args.sampling.params())?;
+    // The session's futures are not Send (the browser runs the same code), so one thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut history: Vec<Message> = args
         .system
         .iter()
         .map(|s| Message::system(s.clone()))
         .collect();
     eprintln!(
-        "ready in {:.1} s. Type a message; /reset starts over, /exit or Ctrl-D quits.",
-        loaded.load_ms / 1e3
+        "ready in {:.1} s; {}. Type a message; /reset starts over, /exit or Ctrl-D quits.",
+        load_ms / 1e3,
+        routing::describe(&assistant)
     );
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {
-        write!(stdout, "\n> ")?;
-        stdout.flush()?;
+        if !args.json {
+            write!(stdout, "\n> ")?;
+            stdout.flush()?;
+        }
         let mut line = String::new();
         if stdin.lock().read_line(&mut line)? == 0 {
             break;
@@ -63,49 +70,84 @@ pub fn run(args: ChatArgs) -> Result<()> {
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                history.retain(|m| m.role == selfroute_core::Role::System);
+                history.retain(|m| m.role == Role::System);
                 eprintln!("(conversation cleared)");
                 continue;
             }
             _ => {}
         }
         history.push(Message::user(line));
-        let prompt = template.encode(&history, true, &tokenizer)?;
-        let started = Instant::now();
-        let mut first = None;
-        let result =
-            pollster::block_on(generator.generate(&tokenizer, &prompt, &params, |event| {
-                first.get_or_insert_with(Instant::now);
-                let _ = write!(stdout, "{}", event.text);
-                let _ = stdout.flush();
-                Control::Continue
-            }));
-        let generation = match result {
-            Ok(g) => g,
+        let json = args.json;
+        let result = runtime.block_on(assistant.chat(&history, |event| {
+            if !json {
+                show(&mut stdout, event);
+            }
+            Control::Continue
+        }));
+        match result {
+            Ok(outcome) => {
+                if json {
+                    writeln!(stdout, "{}", serde_json::to_string(&outcome)?)?;
+                    stdout.flush()?;
+                }
+                history.push(Message::assistant(outcome.answer));
+            }
             Err(e) => {
                 // The conversation stays as it was before this message; the user can go on.
                 history.pop();
                 eprintln!("\nerror: {e}");
-                continue;
             }
-        };
-        let total = started.elapsed();
-        let ttft = first.map_or(total, |t| t - started);
-        let decode = (total - ttft).as_secs_f64();
-        let rate = if decode > 0.0 {
-            generation.tokens.len().saturating_sub(1) as f64 / decode
-        } else {
-            0.0
-        };
-        writeln!(stdout)?;
-        eprintln!(
-            "[on device · {} tokens · first token {:.0} ms · {:.1} tok/s · {} prompt tokens reused]",
-            generation.tokens.len(),
-            ttft.as_secs_f64() * 1e3,
-            rate,
-            generation.reused_prompt_tokens
-        );
-        history.push(Message::assistant(generation.text));
+        }
     }
     Ok(())
+}
+
+fn show(stdout: &mut std::io::Stdout, event: RouteEvent<'_>) {
+    match event {
+        RouteEvent::LocalText(text) | RouteEvent::CloudText(text) => {
+            let _ = write!(stdout, "{text}");
+            let _ = stdout.flush();
+        }
+        RouteEvent::OffloadStarted { .. } => {
+            eprintln!("\n[the model hands this to the cloud ...]");
+        }
+        RouteEvent::CloudFailed { error } => {
+            eprintln!("\n[cloud unavailable: {error}; answering on device]");
+        }
+        RouteEvent::Done(outcome) => {
+            let _ = writeln!(stdout);
+            eprintln!("{}", summary(outcome));
+        }
+    }
+}
+
+/// The line under each answer: where it came from, and its figures.
+fn summary(o: &ChatOutcome) -> String {
+    let source = match (o.route, o.local_reason) {
+        (Route::Cloud, _) => "cloud",
+        (Route::Fallback, _) => "on device (cloud unavailable)",
+        (Route::Local, Some(LocalReason::BudgetExhausted)) => "on device (cloud budget reached)",
+        (Route::Local, _) => "on device",
+    };
+    let mut parts = vec![source.to_string()];
+    parts.push(format!("{} local tokens", o.local_tokens));
+    if o.route == Route::Cloud {
+        parts.push(format!("{} cloud tokens", o.cloud_tokens));
+    }
+    if let Some(ttft) = o.time_to_first_token_ms {
+        parts.push(format!("first token {ttft:.0} ms"));
+    }
+    parts.push(format!("{:.2} s", o.latency_ms / 1e3));
+    if o.cloud_attempts > 0 {
+        parts.push(format!(
+            "{} B sent in {} attempt{}",
+            o.cloud_bytes_sent,
+            o.cloud_attempts,
+            if o.cloud_attempts == 1 { "" } else { "s" }
+        ));
+    }
+    if o.cancelled {
+        parts.push("stopped".into());
+    }
+    format!("[{}]", parts.join(" · "))
 }

@@ -4,6 +4,8 @@ mod chat;
 mod generate;
 mod load;
 mod options;
+mod routing;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Talk to the model interactively; answers stream as they are generated.
     Chat(chat::ChatArgs),
+    /// Serve an OpenAI-compatible Chat Completions API: a local model (--model) or a key-holding
+    /// proxy to another endpoint (--upstream).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

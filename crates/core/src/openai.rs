@@ -23,6 +23,13 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// OpenAI's newer name for `max_tokens`; read, never written.
+    #[serde(default, skip_serializing)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl ChatRequest {
@@ -33,7 +40,15 @@ impl ChatRequest {
             stream: false,
             max_tokens: None,
             temperature: None,
+            max_completion_tokens: None,
+            top_p: None,
+            seed: None,
         }
+    }
+
+    /// The token limit asked for, under either name.
+    pub fn token_limit(&self) -> Option<u32> {
+        self.max_tokens.or(self.max_completion_tokens)
     }
 }
 
