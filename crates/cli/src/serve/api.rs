@@ -103,7 +103,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_key(&state, &headers) {
+    if let Some(r) = check_key(&state, &headers) {
         return r;
     }
     match &state.backend {
@@ -122,7 +122,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = check_key(&state, &headers) {
+    if let Some(r) = check_key(&state, &headers) {
         return r;
     }
     let is_json = headers
@@ -165,24 +165,21 @@ async fn chat_completions(
     }
 }
 
-fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(expected) = &state.required_key else {
-        return Ok(());
-    };
+/// None when the request may go on, else the 401 to send.
+fn check_key(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let expected = state.required_key.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        Ok(())
-    } else {
-        Err(error_response(
+    (!constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
+        error_response(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "missing or wrong API key",
-        ))
-    }
+        )
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
