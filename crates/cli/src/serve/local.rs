@@ -28,6 +28,7 @@ use crate::load::LoadedModel;
 
 struct Job {
     id: RequestId,
+    stream: bool,
     prompt: Vec<u32>,
     params: GenerationParams,
     queued_at: Instant,
@@ -58,10 +59,11 @@ impl Done {
         }
     }
 
-    fn log(&self, request_id: &str, stream: bool) {
+    fn log(&self, request_id: &str, stream: bool, client_left: bool) {
         tracing::info!(
             request_id,
             stream,
+            client_left,
             prompt_tokens = self.prompt_tokens,
             completion_tokens = self.completion_tokens,
             queue_ms = self.queue_ms,
@@ -171,6 +173,7 @@ impl LocalEngine {
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             id: id.clone(),
+            stream: request.stream,
             prompt,
             params,
             queued_at: Instant::now(),
@@ -195,7 +198,6 @@ impl LocalEngine {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
-            request_id: id.0,
         };
         if request.stream {
             stream_response(meta, receiver)
@@ -240,13 +242,18 @@ fn work(
                 }),
             );
         let event = match result {
-            Ok(generation) => JobEvent::Done(Done {
-                finish: generation.finish_reason,
-                prompt_tokens: generation.prompt_tokens,
-                completion_tokens: generation.tokens.len(),
-                queue_ms,
-                first_token_ms: first_token.map(|t| (t - job.queued_at).as_secs_f64() * 1e3),
-            }),
+            Ok(generation) => {
+                let done = Done {
+                    finish: generation.finish_reason,
+                    prompt_tokens: generation.prompt_tokens,
+                    completion_tokens: generation.tokens.len(),
+                    queue_ms,
+                    first_token_ms: first_token.map(|t| (t - job.queued_at).as_secs_f64() * 1e3),
+                };
+                // Logged here so that abandoned requests are logged too.
+                done.log(&job.id.0, job.stream, job.events.is_closed());
+                JobEvent::Done(done)
+            }
             Err(e) => {
                 tracing::error!(request_id = %job.id.0, error = %e, "generation failed");
                 JobEvent::Failed(e.to_string())
@@ -260,7 +267,6 @@ struct ResponseMeta {
     id: String,
     model: String,
     created: u64,
-    request_id: String,
 }
 
 fn finish_text(finish: FinishReason) -> &'static str {
@@ -312,7 +318,6 @@ fn stream_response(meta: ResponseMeta, receiver: mpsc::UnboundedReceiver<JobEven
                 None,
             ))],
             JobEvent::Done(done) => {
-                done.log(&meta.request_id, true);
                 vec![
                     Event::default().data(chunk(
                         &meta,
@@ -348,7 +353,6 @@ async fn collect_response(
                 return error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message);
             }
             JobEvent::Done(done) => {
-                done.log(&meta.request_id, false);
                 let response = ChatResponse {
                     id: meta.id,
                     object: "chat.completion".into(),

@@ -1,0 +1,371 @@
+//! `selfroute serve` on 127.0.0.1 with the real SmolLM2 model: the OpenAI surface, its limits,
+//! queueing, cancellation, CORS, static files, and the key-holding upstream proxy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::{Server, chat_body, stream_text};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn streaming_and_plain_answers_agree_and_follow_the_openai_format() {
+    let server = Server::model(&[]);
+    let question = "What is 7 + 5? Answer with just the number.";
+    let plain: serde_json::Value = client()
+        .post(server.url("/v1/chat/completions"))
+        .json(&chat_body(question, 12, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["object"], "chat.completion");
+    assert_eq!(plain["choices"][0]["message"]["role"], "assistant");
+    let text = plain["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("12"), "answer was {text:?}");
+    let usage = &plain["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    let response = client()
+        .post(server.url("/v1/chat/completions"))
+        .header("x-request-id", "my-request-7")
+        .json(&chat_body(question, 12, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "my-request-7");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let body = response.bytes().await.unwrap();
+    let (streamed, finish, done) = stream_text(&body);
+    assert_eq!(streamed, text, "greedy stream equals the plain answer");
+    assert!(done, "the stream ends with [DONE]");
+    assert!(finish.is_some());
+
+    let models: serde_json::Value = client()
+        .get(server.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+    let health: serde_json::Value = client()
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+
+    let log = server.stop();
+    assert!(
+        log.contains("my-request-7") && log.contains("completion done"),
+        "structured log names the request:\n{log}"
+    );
+}
+
+async fn error_of(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    let body: serde_json::Value = response.json().await.expect("error JSON");
+    body["error"]["message"]
+        .as_str()
+        .expect("OpenAI error shape")
+        .to_string()
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_openai_errors() {
+    let server = Server::model(&[
+        "--max-messages",
+        "3",
+        "--max-tokens-limit",
+        "100",
+        "--max-body-bytes",
+        "4096",
+    ]);
+    let url = server.url("/v1/chat/completions");
+    let c = client();
+    let m = error_of(
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(m.contains("not valid JSON"), "{m}");
+    let m = error_of(
+        c.post(&url)
+            .json(&serde_json::json!({"model": "x", "messages": []}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(m.contains("must not be empty"), "{m}");
+    let m = error_of(
+        c.post(&url)
+            .json(&serde_json::json!({"model": "x", "messages": [{"role": "wizard", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(m.contains("wizard"), "{m}");
+    let four: Vec<_> = (0..4)
+        .map(|_| serde_json::json!({"role": "user", "content": "hi"}))
+        .collect();
+    let m = error_of(
+        c.post(&url)
+            .json(&serde_json::json!({"model": "x", "messages": four}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(m.contains("limit of 3"), "{m}");
+    let m = error_of(
+        c.post(&url)
+            .json(&chat_body("hi", 101, false))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(m.contains("max_tokens 101"), "{m}");
+    let big = "x".repeat(5000);
+    let r = c
+        .post(&url)
+        .json(&chat_body(&big, 10, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The server is still fine.
+    let r = c
+        .post(&url)
+        .json(&chat_body("hi", 2, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_queued_and_all_answered() {
+    let server = Server::model(&[]);
+    let url = server.url("/v1/chat/completions");
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let body = chat_body(&format!("Count to {}.", i + 2), 8, i % 2 == 0);
+                let r = client().post(&url).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.bytes().await.unwrap().len())
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (status, len) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(len > 0);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_its_generation() {
+    let server = Server::model(&["--log-json"]);
+    let url = server.url("/v1/chat/completions");
+    let response = client()
+        .post(&url)
+        .header("x-request-id", "abandoned")
+        .json(&chat_body(
+            "Write a very long story about a dragon.",
+            2000,
+            true,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    stream.next().await.expect("first bytes").unwrap();
+    drop(stream);
+    // If the abandoned 2000-token generation still ran, this would wait behind it for tens of
+    // seconds.
+    let started = Instant::now();
+    let r = client()
+        .post(&url)
+        .json(&chat_body("Hi", 4, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let log = server.stop();
+    let done: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["request_id"] == "abandoned" && l["message"] == "completion done")
+        .unwrap_or_else(|| panic!("a JSON log line for the abandoned request:\n{log}"));
+    let generated = done["completion_tokens"].as_u64().unwrap();
+    assert!(generated < 200, "generation went on for {generated} tokens");
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_configured_and_static_files_are_served() {
+    let dir = std::env::temp_dir().join(format!("selfroute-static-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>demo</h1>").unwrap();
+    let preflight = |base: String| async move {
+        client()
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{base}/v1/chat/completions"),
+            )
+            .header("origin", "http://example.test")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap()
+    };
+    let closed = Server::model(&["--static", dir.to_str().unwrap()]);
+    let r = preflight(closed.base.clone()).await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let page = client().get(closed.url("/")).send().await.unwrap();
+    assert_eq!(page.text().await.unwrap(), "<h1>demo</h1>");
+    drop(closed);
+
+    let open = Server::model(&["--cors-origin", "http://example.test"]);
+    let r = preflight(open.base.clone()).await;
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://example.test"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn an_upstream_chain_works_and_the_key_reaches_only_the_upstream() {
+    const KEY: &str = "sk-test-0123456789abcdef";
+    let model = support::model();
+    let upstream = Server::start(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--require-key-env",
+            "MODEL_SERVER_KEY",
+        ],
+        &[("MODEL_SERVER_KEY", KEY)],
+    );
+    let proxy = Server::start(
+        &["--upstream", &upstream.url("/v1")],
+        &[("SELFROUTE_UPSTREAM_API_KEY", KEY)],
+    );
+    let body = chat_body("What is 7 + 5? Answer with just the number.", 12, true);
+
+    // Without the key the model server refuses.
+    let direct = client()
+        .post(upstream.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 401);
+
+    // Through the proxy, which adds it, the answer streams, and nothing carries the key back.
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let headers = format!("{:?}", r.headers());
+    let bytes = r.bytes().await.unwrap();
+    let (text, _, done) = stream_text(&bytes);
+    assert!(text.contains("12"), "{text:?}");
+    assert!(done);
+    assert!(!headers.contains(KEY));
+    assert!(!String::from_utf8_lossy(&bytes).contains(KEY));
+
+    // A non-streaming call and the model list also pass through.
+    let plain: serde_json::Value = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("Hi", 4, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["object"], "chat.completion");
+    let models: serde_json::Value = client()
+        .get(proxy.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
+
+    // A proxy holding the wrong key relays the upstream's refusal, not a fake success.
+    let wrong = Server::start(
+        &["--upstream", &upstream.url("/v1")],
+        &[("SELFROUTE_UPSTREAM_API_KEY", "sk-wrong")],
+    );
+    let r = client()
+        .post(wrong.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let proxy_log = proxy.stop();
+    assert!(!proxy_log.contains(KEY), "the key is never logged");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_with_a_message() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let proxy = Server::start(&["--upstream", &format!("http://{addr}/v1")], &[]);
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("Hi", 4, false))
+        .send()
+        .await
+        .unwrap();
+    let m = error_of(r, 502).await;
+    assert!(m.contains("cannot be reached"), "{m}");
+}
