@@ -149,5 +149,6 @@ fn summary(o: &ChatOutcome) -> String {
     if o.cancelled {
         parts.push("stopped".into());
     }
+    parts.push(format!("{} prompt tokens reused", o.reused_prompt_tokens));
     format!("[{}]", parts.join(" · "))
 }

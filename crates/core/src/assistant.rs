@@ -126,6 +126,8 @@ pub struct ChatOutcome {
     pub cloud_error: Option<String>,
     /// Tokens the local model generated this turn (draft and fallback included).
     pub local_tokens: usize,
+    /// Prompt tokens of the first local generation served from the KV cache of the last turn.
+    pub reused_prompt_tokens: usize,
     /// Completion tokens of the cloud answer (its usage report, else its content chunks).
     pub cloud_tokens: u32,
     /// From the call to the first answer text shown (local or cloud).
@@ -227,6 +229,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
             offload_reason: None,
             cloud_error: None,
             local_tokens: 0,
+            reused_prompt_tokens: 0,
             cloud_tokens: 0,
             time_to_first_token_ms: None,
             latency_ms: 0.0,
@@ -250,6 +253,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
             .answer_locally(messages, may_offload, &mut first_text, &mut on_event)
             .await?;
         outcome.local_tokens += local.tokens;
+        outcome.reused_prompt_tokens = local.reused_prompt_tokens;
         outcome.cancelled = local.cancelled;
         let Some(reason) = local.offload else {
             self.budget.record(false);
@@ -391,6 +395,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
         Ok(LocalAnswer {
             text,
             tokens: generation.tokens.len(),
+            reused_prompt_tokens: generation.reused_prompt_tokens,
             offload: offload.filter(|_| !user_stopped),
             cancelled: user_stopped
                 || (generation.finish_reason == FinishReason::Cancelled && offload.is_none()),
@@ -417,6 +422,7 @@ struct LocalAnswer {
     /// Text shown (before the signal, when there was one).
     text: String,
     tokens: usize,
+    reused_prompt_tokens: usize,
     offload: Option<OffloadReason>,
     cancelled: bool,
 }
