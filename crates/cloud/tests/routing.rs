@@ -429,3 +429,85 @@ async fn stopping_during_the_cloud_answer_cancels_the_call() {
     assert_eq!(outcome.route, Route::Cloud);
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+/// SmolLM2 on the device with prompt-only routing, on a marker it produces for this question.
+fn smollm2_assistant(
+    url: String,
+    send_local_draft: bool,
+) -> Assistant<CandleModel, HttpCloudClient> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask fetch-model`", path.display()));
+    let package = ModelPackage::from_gguf(path.display().to_string(), bytes).expect("SmolLM2");
+    let model = CandleModel::load(&package.config, package.weights.as_ref(), &Device::Cpu)
+        .expect("SmolLM2 loads");
+    let signal =
+        OffloadSignal::from_tokenizer(&package.tokenizer, Some("Tour de France was won by".into()))
+            .expect("signal");
+    let config = RoutingConfig {
+        generation: GenerationParams {
+            max_new_tokens: 24,
+            ..GenerationParams::default()
+        },
+        offload_instruction: Some(selfroute_core::assistant::default_offload_instruction()),
+        send_local_draft,
+        cloud_model: "cloud-model".into(),
+        cloud_max_tokens: Some(64),
+        ..RoutingConfig::default()
+    };
+    Assistant::new(
+        model,
+        package.tokenizer,
+        package.chat_template.expect("template"),
+        signal,
+        Some(HttpCloudClient::new(CloudConfig::new(url)).expect("client")),
+        config,
+        CloudBudget::unlimited(),
+    )
+    .expect("assistant")
+}
+
+fn smollm2_conversation() -> Vec<Message> {
+    vec![
+        Message::system("You are a helpful assistant."),
+        Message::user("Who won the 1987 Tour de France?"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_marker_instruction_stays_local_and_the_cloud_gets_the_conversation_as_it_was() {
+    let server = FaultServer::start(vec![Behaviour::Stream(vec!["Stephen Roche.".into()])]).await;
+    let mut assistant = smollm2_assistant(server.url(), false);
+    let messages = smollm2_conversation();
+    let (outcome, events) = turn(&mut assistant, &messages).await;
+    assert_eq!(outcome.route, Route::Cloud, "{outcome:?}");
+    assert_eq!(outcome.offload_reason, Some(OffloadReason::Marker));
+    assert_eq!(outcome.answer, "Stephen Roche.");
+    // Text before the marker was shown as a draft; no part of the marker ever was.
+    let draft: String = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Local(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(draft, "The 1987 ");
+    // The system message reached the cloud without the offload instruction.
+    assert_original_conversation(&server, &messages);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn the_local_draft_is_sent_only_when_asked() {
+    let server = FaultServer::start(vec![Behaviour::Stream(vec!["Stephen Roche.".into()])]).await;
+    let mut assistant = smollm2_assistant(server.url(), true);
+    let messages = smollm2_conversation();
+    let (outcome, _) = turn(&mut assistant, &messages).await;
+    assert_eq!(outcome.route, Route::Cloud);
+    let body = server.requests()[0].json();
+    let sent: Vec<Message> = serde_json::from_value(body["messages"].clone()).unwrap();
+    assert_eq!(sent[..2], messages[..]);
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[2].role, selfroute_core::Role::System);
+    assert!(sent[2].content.ends_with("The 1987 "), "{:?}", sent[2]);
+}
