@@ -369,3 +369,34 @@ async fn an_unreachable_upstream_is_a_502_with_a_message() {
     let m = error_of(r, 502).await;
     assert!(m.contains("cannot be reached"), "{m}");
 }
+
+#[tokio::test]
+async fn a_silent_upstream_times_out_with_a_504() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let proxy = Server::start(
+        &[
+            "--upstream",
+            &format!("http://{addr}/v1"),
+            "--upstream-timeout",
+            "0.5",
+        ],
+        &[],
+    );
+    let started = Instant::now();
+    let r = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("Hi", 4, false))
+        .send()
+        .await
+        .unwrap();
+    let m = error_of(r, 504).await;
+    assert!(m.contains("did not answer in time"), "{m}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

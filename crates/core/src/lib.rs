@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod offload;
 pub mod openai;
 pub mod package;
+pub mod rng;
 pub mod safetensors;
 pub mod sampler;
 pub mod tokenizer;

@@ -42,6 +42,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME")]
     pub upstream_model: Option<String>,
 
+    /// Longest silence accepted from the upstream, in seconds (waiting for its answer, and
+    /// between its bytes); then the client's response ends.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub upstream_timeout: f64,
+
     /// Address to listen on. Anything but loopback exposes the server to the network.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -118,10 +123,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     "no upstream API key set; forwarding without Authorization"
                 );
             }
+            if !(args.upstream_timeout > 0.0 && args.upstream_timeout.is_finite()) {
+                bail!("--upstream-timeout must be a positive number of seconds");
+            }
             Backend::Upstream(upstream::Upstream::new(
                 url,
                 key,
                 args.upstream_model.clone(),
+                std::time::Duration::from_secs_f64(args.upstream_timeout),
             )?)
         }
         None => {

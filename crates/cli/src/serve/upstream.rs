@@ -22,7 +22,13 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(url: &str, key: Option<String>, model_override: Option<String>) -> Result<Self> {
+    /// `idle_timeout` bounds every wait for the upstream: for its response and between body bytes.
+    pub fn new(
+        url: &str,
+        key: Option<String>,
+        model_override: Option<String>,
+        idle_timeout: Duration,
+    ) -> Result<Self> {
         let completions_url = chat_completions_url(url)?;
         let models_url = completions_url
             .strip_suffix("/chat/completions")
@@ -30,6 +36,7 @@ impl Upstream {
             .unwrap_or_else(|| completions_url.clone());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .read_timeout(idle_timeout)
             .user_agent(concat!("selfroute/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -61,12 +68,8 @@ impl Upstream {
         match self.authorised(request).send().await {
             Ok(response) => relay(response),
             Err(e) => {
-                tracing::warn!(request_id = %id.0, error = %e, "upstream unreachable");
-                error_response(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_error",
-                    "the upstream endpoint cannot be reached",
-                )
+                tracing::warn!(request_id = %id.0, error = %e, "upstream failed");
+                unreachable_response(&e)
             }
         }
     }
@@ -78,12 +81,24 @@ impl Upstream {
             .await
         {
             Ok(response) => relay(response),
-            Err(_) => error_response(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                "the upstream endpoint cannot be reached",
-            ),
+            Err(e) => unreachable_response(&e),
         }
+    }
+}
+
+fn unreachable_response(e: &reqwest::Error) -> Response {
+    if e.is_timeout() {
+        error_response(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_error",
+            "the upstream endpoint did not answer in time",
+        )
+    } else {
+        error_response(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream endpoint cannot be reached",
+        )
     }
 }
 
