@@ -9,4 +9,5 @@ mod model;
 mod rope;
 
 pub use error::CandleError;
+pub use linear::f32_tensor;
 pub use model::CandleModel;

@@ -37,6 +37,15 @@ pub fn dense_tensor(td: &TensorData<'_>, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_raw_buffer(&td.bytes, dtype, &td.shape, device)?.to_dtype(DType::F32)?)
 }
 
+/// Any tensor as plain f32, dequantizing block formats (for training and reference paths).
+pub fn f32_tensor(td: &TensorData<'_>, device: &Device) -> Result<Tensor> {
+    if ggml_dtype(td.dtype).is_some() {
+        Ok(quantized_tensor(td, device)?.dequantize(device)?)
+    } else {
+        dense_tensor(td, device)
+    }
+}
+
 /// A quantized tensor, kept in its block format.
 pub fn quantized_tensor(td: &TensorData<'_>, device: &Device) -> Result<QTensor> {
     let dtype = ggml_dtype(td.dtype).ok_or_else(|| CandleError::Weight {

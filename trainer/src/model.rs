@@ -1,0 +1,292 @@
+//! The trainable decoder: the same LLaMA/Qwen2 forward pass as `selfroute-candle`, on dense
+//! candle `Var`s, written only with ops that have a backward pass.
+//!
+//! candle's fused `rms_norm`, `softmax_last_dim` and `rope*` kernels have no backward and stop
+//! gradients silently (candle issue #2168), so RMSNorm, RoPE and softmax are spelled out here.
+//! Weights are held in the dtype asked for (f32 to train, f64 for finite-difference checks);
+//! quantized files are dequantized once at load.
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use selfroute_core::{ModelConfig, RopeLayout, WeightKey, WeightSource};
+
+use crate::error::{Result, TrainError};
+
+struct LayerVars {
+    attn_norm: Var,
+    q: Var,
+    k: Var,
+    v: Var,
+    o: Var,
+    qkv_bias: Option<(Var, Var, Var)>,
+    ffn_norm: Var,
+    gate: Var,
+    up: Var,
+    down: Var,
+}
+
+pub struct TrainableModel {
+    config: ModelConfig,
+    varmap: VarMap,
+    embed: Var,
+    /// None when the head is tied to the embedding.
+    output: Option<Var>,
+    output_norm: Var,
+    layers: Vec<LayerVars>,
+    /// [context, head_dim / 2]
+    cos: Tensor,
+    sin: Tensor,
+    dtype: DType,
+    device: Device,
+}
+
+impl TrainableModel {
+    /// Loads every weight of `weights` as a trainable variable of `dtype`. Variables are named by
+    /// their Hugging Face names, which is also how checkpoints and the HF export store them.
+    pub fn from_weights(
+        config: &ModelConfig,
+        weights: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate(&selfroute_core::SourceName("trainable model".into()))?;
+        let varmap = VarMap::new();
+        let load = |key: WeightKey| -> Result<Var> {
+            let data = weights.get(key, config)?;
+            let tensor = selfroute_candle::f32_tensor(&data, device)?.to_dtype(dtype)?;
+            let var = Var::from_tensor(&tensor)?;
+            varmap
+                .data()
+                .lock()
+                .map_err(|_| TrainError::InvalidSettings("variable map poisoned".into()))?
+                .insert(key.hf_name(), var.clone());
+            Ok(var)
+        };
+        let embed = load(WeightKey::TokenEmbedding)?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let qkv_bias = if config.architecture.has_qkv_bias() {
+                Some((
+                    load(WeightKey::AttnQBias(l))?,
+                    load(WeightKey::AttnKBias(l))?,
+                    load(WeightKey::AttnVBias(l))?,
+                ))
+            } else {
+                None
+            };
+            layers.push(LayerVars {
+                attn_norm: load(WeightKey::AttnNorm(l))?,
+                q: load(WeightKey::AttnQ(l))?,
+                k: load(WeightKey::AttnK(l))?,
+                v: load(WeightKey::AttnV(l))?,
+                o: load(WeightKey::AttnOutput(l))?,
+                qkv_bias,
+                ffn_norm: load(WeightKey::FfnNorm(l))?,
+                gate: load(WeightKey::FfnGate(l))?,
+                up: load(WeightKey::FfnUp(l))?,
+                down: load(WeightKey::FfnDown(l))?,
+            });
+        }
+        let output = if config.tie_embeddings {
+            None
+        } else {
+            Some(load(WeightKey::Output)?)
+        };
+        let output_norm = load(WeightKey::OutputNorm)?;
+        let (cos, sin) = rope_tables(config, dtype, device)?;
+        Ok(Self {
+            config: config.clone(),
+            varmap,
+            embed,
+            output,
+            output_norm,
+            layers,
+            cos,
+            sin,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// All trainable variables (for the optimiser and checkpoints).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Variables with their names, sorted by name (a stable order for checkpoints and tests).
+    pub fn named_vars(&self) -> Result<Vec<(String, Var)>> {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::InvalidSettings("variable map poisoned".into()))?;
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(vars)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32), every sequence starting at
+    /// position 0. Attention is causal, so right padding never changes the real positions.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, seq) = ids.dims2()?;
+        if seq > c.context_length {
+            return Err(TrainError::InvalidSettings(format!(
+                "{seq} tokens exceed the context of {}",
+                c.context_length
+            )));
+        }
+        let eps = f64::from(c.rms_norm_eps);
+        let mut x = self
+            .embed
+            .as_tensor()
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, seq, c.hidden_size))?;
+        let mask = causal_mask(seq, self.dtype, &self.device)?;
+        let cos = self.cos.narrow(0, 0, seq)?;
+        let sin = self.sin.narrow(0, 0, seq)?;
+        for layer in &self.layers {
+            let h = rms_norm(&x, &layer.attn_norm, eps)?;
+            let a = self.attention(layer, &h, &mask, &cos, &sin)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = linear(&h, &layer.gate)?.silu()?;
+            let up = linear(&h, &layer.up)?;
+            x = (x + linear(&(gate * up)?, &layer.down)?)?;
+        }
+        let x = rms_norm(&x, &self.output_norm, eps)?;
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        linear(&x, head)
+    }
+
+    fn attention(
+        &self,
+        layer: &LayerVars,
+        h: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, seq, _) = h.dims3()?;
+        let mut q = linear(h, &layer.q)?;
+        let mut k = linear(h, &layer.k)?;
+        let mut v = linear(h, &layer.v)?;
+        if let Some((bq, bk, bv)) = &layer.qkv_bias {
+            q = q.broadcast_add(bq.as_tensor())?;
+            k = k.broadcast_add(bk.as_tensor())?;
+            v = v.broadcast_add(bv.as_tensor())?;
+        }
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq, n, c.head_dim))?.transpose(1, 2)?)
+        };
+        let q = rope(&heads(q, c.num_heads)?, cos, sin, c.rope_layout)?;
+        let k = rope(&heads(k, c.num_kv_heads)?, cos, sin, c.rope_layout)?;
+        let v = heads(v, c.num_kv_heads)?;
+        let group = c.num_heads / c.num_kv_heads;
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scores =
+            (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((batch, seq, c.num_heads * c.head_dim))?;
+        linear(&out, &layer.o)
+    }
+}
+
+/// `x @ w^T` for a weight stored [out, in], as files store them.
+fn linear(x: &Tensor, w: &Var) -> Result<Tensor> {
+    Ok(x.broadcast_matmul(&w.as_tensor().t()?)?)
+}
+
+/// x / sqrt(mean(x^2) + eps) * w, from differentiable ops.
+fn rms_norm(x: &Tensor, w: &Var, eps: f64) -> Result<Tensor> {
+    let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w.as_tensor())?)
+}
+
+/// Rotates `x` `[batch, heads, seq, head_dim]` in the layout the weights need (see
+/// `selfroute_core::RopeLayout`).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, layout: RopeLayout) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let half = d / 2;
+    match layout {
+        RopeLayout::Half => {
+            let a = x.narrow(D::Minus1, 0, half)?;
+            let bb = x.narrow(D::Minus1, half, half)?;
+            let lo = (a.broadcast_mul(cos)? - bb.broadcast_mul(sin)?)?;
+            let hi = (a.broadcast_mul(sin)? + bb.broadcast_mul(cos)?)?;
+            Ok(Tensor::cat(&[lo, hi], D::Minus1)?)
+        }
+        RopeLayout::Interleaved => {
+            let pairs = x.reshape((b, h, t, half, 2))?;
+            let a = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+            let bb = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+            let first = (a.broadcast_mul(cos)? - bb.broadcast_mul(sin)?)?;
+            let second = (a.broadcast_mul(sin)? + bb.broadcast_mul(cos)?)?;
+            Ok(Tensor::stack(&[first, second], D::Minus1)?.reshape((b, h, t, d))?)
+        }
+    }
+}
+
+/// Key/value heads repeated for grouped-query attention: `[b, kv, t, d]` -> `[b, kv*group, t, d]`,
+/// each kv head serving `group` consecutive query heads.
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, group, t, d))?
+        .reshape((b, kv * group, t, d))?)
+}
+
+fn rope_tables(c: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = c.head_dim / 2;
+    let mut cos = Vec::with_capacity(c.context_length * half);
+    let mut sin = Vec::with_capacity(c.context_length * half);
+    for pos in 0..c.context_length {
+        for i in 0..half {
+            let inv_freq = 1.0 / f64::from(c.rope_theta).powf(2.0 * i as f64 / c.head_dim as f64);
+            let angle = pos as f64 * inv_freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    let table = |v: Vec<f64>| -> Result<Tensor> {
+        Ok(Tensor::from_vec(v, (c.context_length, half), device)?.to_dtype(dtype)?)
+    };
+    Ok((table(cos)?, table(sin)?))
+}
+
+fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)?)
+}
+
+/// log p(target) at every position: `logits [b, t, vocab]`, `targets [b, t]` (u32) -> `[b, t]`.
+pub fn token_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(log_probs
+        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
+        .squeeze(D::Minus1)?)
+}
