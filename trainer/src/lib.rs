@@ -2,8 +2,14 @@
 //! arXiv:2509.24050 (hierarchical reward, group-level policy gradient, adaptive prompt filtering).
 
 pub mod algo;
+pub mod cloud;
 pub mod error;
 pub mod model;
+pub mod optim;
+pub mod rollout;
 pub mod tasks;
+pub mod train;
+pub mod update;
+pub mod warmup;
 
 pub use error::{Result, TrainError};

@@ -141,13 +141,32 @@ impl TrainableModel {
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (u32), every sequence starting at
     /// position 0. Attention is causal, so right padding never changes the real positions.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, 0, None)
+    }
+
+    /// Logits for `ids` `[batch, seq]` at positions `cache.len()..`, extending `cache`. For
+    /// sampling: the cache holds detached keys and values, so no graph outlives a step.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let start = cache.len;
+        let logits = self.run(ids, start, Some(cache))?.detach();
+        cache.len = start + ids.dim(1)?;
+        Ok(logits)
+    }
+
+    fn run(&self, ids: &Tensor, start: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq) = ids.dims2()?;
-        if seq > c.context_length {
+        if start + seq > c.context_length {
             return Err(TrainError::InvalidSettings(format!(
-                "{seq} tokens exceed the context of {}",
+                "{} tokens exceed the context of {}",
+                start + seq,
                 c.context_length
             )));
+        }
+        if let Some(cache) = cache.as_deref_mut()
+            && cache.layers.is_empty()
+        {
+            cache.layers = vec![None; c.num_layers];
         }
         let eps = f64::from(c.rms_norm_eps);
         let mut x = self
@@ -155,12 +174,17 @@ impl TrainableModel {
             .as_tensor()
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((batch, seq, c.hidden_size))?;
-        let mask = causal_mask(seq, self.dtype, &self.device)?;
-        let cos = self.cos.narrow(0, 0, seq)?;
-        let sin = self.sin.narrow(0, 0, seq)?;
-        for layer in &self.layers {
+        let mask = if seq > 1 {
+            Some(causal_mask(seq, start, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
+        for (l, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
-            let a = self.attention(layer, &h, &mask, &cos, &sin)?;
+            let past = cache.as_deref_mut().and_then(|c| c.layers.get_mut(l));
+            let a = self.attention(layer, &h, mask.as_ref(), &cos, &sin, past)?;
             x = (x + a)?;
             let h = rms_norm(&x, &layer.ffn_norm, eps)?;
             let gate = linear(&h, &layer.gate)?.silu()?;
@@ -176,9 +200,10 @@ impl TrainableModel {
         &self,
         layer: &LayerVars,
         h: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         cos: &Tensor,
         sin: &Tensor,
+        past: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq, _) = h.dims3()?;
@@ -196,12 +221,28 @@ impl TrainableModel {
         let q = rope(&heads(q, c.num_heads)?, cos, sin, c.rope_layout)?;
         let k = rope(&heads(k, c.num_kv_heads)?, cos, sin, c.rope_layout)?;
         let v = heads(v, c.num_kv_heads)?;
+        let (k, v) = match past {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (
+                        Tensor::cat(&[&pk, &k.detach()], 2)?,
+                        Tensor::cat(&[&pv, &v.detach()], 2)?,
+                    ),
+                    None => (k.detach(), v.detach()),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
         let group = c.num_heads / c.num_kv_heads;
         let k = repeat_kv(&k, group)?;
         let v = repeat_kv(&v, group)?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let scores =
-            (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs.matmul(&v.contiguous()?)?;
         let out = out
@@ -276,11 +317,62 @@ fn rope_tables(c: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor
     Ok((table(cos)?, table(sin)?))
 }
 
-fn causal_mask(seq: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+/// `[seq, start + seq]`: new token i (at position start + i) sees positions up to its own.
+fn causal_mask(seq: usize, start: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = start + seq;
     let values: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
-    Ok(Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(values, (seq, total), device)?.to_dtype(dtype)?)
+}
+
+/// Keys and values of earlier positions, per layer, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The same cache for `n` copies of a batch-1 sequence (a prompt shared by a group).
+    pub fn repeat_batch(&self, n: usize) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|slot| {
+                slot.as_ref()
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        Ok((k.repeat((n, 1, 1, 1))?, v.repeat((n, 1, 1, 1))?))
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            len: self.len,
+        })
+    }
 }
 
 /// log p(target) at every position: `logits [b, t, vocab]`, `targets [b, t]` (u32) -> `[b, t]`.

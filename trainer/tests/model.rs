@@ -181,3 +181,51 @@ fn autograd_agrees_with_finite_differences_in_f64() {
     }
     assert!(checked >= 30);
 }
+
+#[test]
+fn the_cached_forward_used_for_rollouts_matches_the_full_pass() {
+    use selfroute_train::model::KvCache;
+    let package = tiny_package();
+    let model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let tokens: Vec<u32> = (0..10).map(|i| (i * 41 + 3) % 250 + 4).collect();
+    let row = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let full = model
+        .forward(
+            &Tensor::new(tokens.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let mut cache = KvCache::new();
+    let prefix = Tensor::new(&tokens[..6], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model.forward_cached(&prefix, &mut cache).unwrap();
+    // Three copies of the sequence go on together, as a rollout group does.
+    let mut batch = cache.repeat_batch(3).unwrap();
+    for (pos, &t) in tokens.iter().enumerate().skip(6) {
+        let ids = Tensor::new(&[[t], [t], [t]], &Device::Cpu).unwrap();
+        let logits = model.forward_cached(&ids, &mut batch).unwrap();
+        let expected = row(&full.get(pos).unwrap());
+        for b in 0..3 {
+            let got = row(&logits.get(b).unwrap());
+            let diff = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (a - e).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-4, "position {pos}, copy {b}: {diff}");
+        }
+    }
+    assert_eq!(batch.len(), 10);
+}

@@ -1,0 +1,236 @@
+//! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use selfroute_core::{DEFAULT_OFFLOAD_MARKER, ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
+use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
+use selfroute_train::cloud::{CloudOracle, SimulatedCloud};
+use selfroute_train::model::TrainableModel;
+use selfroute_train::optim::AdamWConfig;
+use selfroute_train::rollout::RolloutConfig;
+use selfroute_train::tasks::{Split, parse_task};
+use selfroute_train::train::{TrainConfig, Trainer};
+
+#[derive(Parser)]
+#[command(
+    name = "selfroute-train",
+    version,
+    about = "Teach a small model when to offload (GAPG, arXiv:2509.24050)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Post-train with the hierarchical reward, group policy gradient and adaptive filtering.
+    Train(TrainArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgoArg {
+    Gapg,
+    Grpo,
+    DrGrpo,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// GGUF model to train (dequantized to f32).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// arith, arith:LO-HI, countdown, countdown:N or jsonl:PATH.
+    #[arg(long, default_value = "arith")]
+    task: String,
+    /// The cloud's verdicts: simulated:ACC (correct with probability ACC, fixed per prompt).
+    #[arg(long, default_value = "simulated:0.9")]
+    cloud: String,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    prompts_per_step: usize,
+    /// Responses per prompt (G).
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, value_enum, default_value = "gapg")]
+    algo: AlgoArg,
+    /// Most "needs the cloud" prompts per update, as a share of the locally solved ones.
+    #[arg(long, default_value_t = 3.0 / 7.0)]
+    rho: f64,
+    /// Keep every prompt (no adaptive filtering).
+    #[arg(long)]
+    no_filter: bool,
+    #[arg(long, default_value_t = 1.0)]
+    alpha_local: f64,
+    #[arg(long, default_value_t = 0.25)]
+    alpha_cloud: f64,
+    /// Reward added to a well-formed local answer (the paper's v1 format bonus).
+    #[arg(long)]
+    format_bonus: Option<f64>,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for metrics.jsonl.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let package = ModelPackage::from_gguf(args.model.display().to_string(), bytes)?;
+    let template = package
+        .chat_template
+        .as_ref()
+        .context("the model has no chat template")?;
+    let has_token = package.tokenizer.token_to_id(OFFLOAD_TOKEN).is_some();
+    if !has_token {
+        eprintln!(
+            "note: the model has no {OFFLOAD_TOKEN} token; watching for the text marker instead \
+             (expect few offloads)"
+        );
+    }
+    let signal = OffloadSignal::from_tokenizer(
+        &package.tokenizer,
+        (!has_token).then(|| DEFAULT_OFFLOAD_MARKER.to_string()),
+    )?;
+    let task = parse_task(&args.task)?;
+    let mut cloud = SimulatedCloud::parse(&args.cloud, args.seed)?.with_context(|| {
+        format!(
+            "--cloud {}: only simulated:ACC is supported yet",
+            args.cloud
+        )
+    })?;
+    let needed = args.steps * args.prompts_per_step;
+    let problems = task.problems(Split::Train, needed.clamp(1, 100_000), args.seed)?;
+    let model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    if args.lr.is_nan() || args.lr <= 0.0 {
+        bail!("--lr must be positive");
+    }
+    let config = TrainConfig {
+        prompts_per_step: args.prompts_per_step,
+        rollout: RolloutConfig {
+            group: args.group,
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+        },
+        algo: match args.algo {
+            AlgoArg::Gapg => Algo::Gapg,
+            AlgoArg::Grpo => Algo::Grpo,
+            AlgoArg::DrGrpo => Algo::DrGrpo,
+        },
+        rho: (!args.no_filter).then_some(args.rho),
+        reward: RewardConfig {
+            alpha_local: args.alpha_local,
+            alpha_cloud: args.alpha_cloud,
+            format_bonus: args.format_bonus,
+        },
+        schedule: LrSchedule {
+            peak: args.lr,
+            warmup_steps: args.warmup_steps,
+            total_steps: args.steps,
+            final_fraction: 0.1,
+        },
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            ..AdamWConfig::default()
+        },
+        seed: args.seed,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics_file = std::fs::File::create(&metrics_path)
+        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    eprintln!(
+        "training {} on {} with {} ({}), {} steps of {} prompts x {}",
+        args.model.display(),
+        task.name(),
+        cloud.describe(),
+        args.algo.name(),
+        args.steps,
+        args.prompts_per_step,
+        args.group
+    );
+    let mut trainer = Trainer::new(
+        model,
+        &package.tokenizer,
+        template,
+        signal,
+        task.as_ref(),
+        &mut cloud,
+        problems,
+        config,
+    )?;
+    for _ in 0..args.steps {
+        let m = trainer.step()?;
+        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
+        metrics_file.flush()?;
+        eprintln!(
+            "step {:>4} · reward {:.3}±{:.3} · local acc {:.2} · offload {:.2} · D1 {} D2 {} dropped {} · grad {:.3} · {:.1} tok/s · {:.1} s (rollout {:.1}, update {:.1})",
+            m.step,
+            m.reward_mean,
+            m.reward_std,
+            m.local_accuracy,
+            m.offload_rate,
+            m.d1,
+            m.d2,
+            m.dropped,
+            m.grad_norm,
+            m.tokens_per_s,
+            m.step_s,
+            m.rollout_s,
+            m.update_s
+        );
+    }
+    eprintln!("metrics: {}", metrics_path.display());
+    Ok(())
+}
+
+impl AlgoArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gapg => "GAPG",
+            Self::Grpo => "GRPO",
+            Self::DrGrpo => "Dr. GRPO",
+        }
+    }
+}
