@@ -13,6 +13,10 @@ pub trait CloudOracle {
     fn calls(&self) -> usize;
     /// How outputs should name this cloud (a simulated one says so).
     fn describe(&self) -> String;
+    /// Every verdict so far, for checkpoints, sorted by problem id.
+    fn verdicts(&self) -> Vec<(u64, bool)>;
+    /// Restores verdicts saved by [`Self::verdicts`].
+    fn restore_verdicts(&mut self, verdicts: &[(u64, bool)]);
 }
 
 /// A simulated cloud, correct with probability `accuracy`, fixed per prompt by a seeded hash.
@@ -63,6 +67,16 @@ impl CloudOracle for SimulatedCloud {
 
     fn describe(&self) -> String {
         format!("simulated cloud (accuracy {})", self.accuracy)
+    }
+
+    fn verdicts(&self) -> Vec<(u64, bool)> {
+        let mut all: Vec<(u64, bool)> = self.asked.iter().map(|(&k, &v)| (k, v)).collect();
+        all.sort_unstable();
+        all
+    }
+
+    fn restore_verdicts(&mut self, verdicts: &[(u64, bool)]) {
+        self.asked = verdicts.iter().copied().collect();
     }
 }
 

@@ -2,6 +2,7 @@
 //! arXiv:2509.24050 (hierarchical reward, group-level policy gradient, adaptive prompt filtering).
 
 pub mod algo;
+pub mod checkpoint;
 pub mod cloud;
 pub mod error;
 pub mod model;

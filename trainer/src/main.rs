@@ -1,6 +1,5 @@
 //! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -8,6 +7,7 @@ use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use selfroute_core::{DEFAULT_OFFLOAD_MARKER, ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
 use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
+use selfroute_train::checkpoint::append_line;
 use selfroute_train::cloud::{CloudOracle, SimulatedCloud};
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
@@ -88,9 +88,15 @@ struct TrainArgs {
     max_grad_norm: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Folder for metrics.jsonl.
+    /// Folder for metrics.jsonl and checkpoint.safetensors.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
+    /// Write a checkpoint every N steps (and always after the last).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Continue from OUT/checkpoint.safetensors (same model and settings); metrics are appended.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -178,8 +184,11 @@ fn train(args: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics_file = std::fs::File::create(&metrics_path)
-        .with_context(|| format!("creating {}", metrics_path.display()))?;
+    let checkpoint_path = args.out.join("checkpoint.safetensors");
+    if !args.resume && metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)
+            .with_context(|| format!("starting a fresh {}", metrics_path.display()))?;
+    }
     eprintln!(
         "training {} on {} with {} ({}), {} steps of {} prompts x {}",
         args.model.display(),
@@ -200,10 +209,19 @@ fn train(args: TrainArgs) -> Result<()> {
         problems,
         config,
     )?;
-    for _ in 0..args.steps {
+    if args.resume {
+        trainer
+            .restore_checkpoint(&checkpoint_path)
+            .with_context(|| format!("--resume from {}", checkpoint_path.display()))?;
+        eprintln!("resumed at step {}", trainer.steps_done());
+    }
+    while trainer.steps_done() < args.steps {
         let m = trainer.step()?;
-        writeln!(metrics_file, "{}", serde_json::to_string(&m)?)?;
-        metrics_file.flush()?;
+        append_line(&metrics_path, &serde_json::to_string(&m)?)?;
+        let done = trainer.steps_done();
+        if done == args.steps || (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) {
+            trainer.save_checkpoint(&checkpoint_path)?;
+        }
         eprintln!(
             "step {:>4} · reward {:.3}±{:.3} · local acc {:.2} · offload {:.2} · D1 {} D2 {} dropped {} · grad {:.3} · {:.1} tok/s · {:.1} s (rollout {:.1}, update {:.1})",
             m.step,
@@ -221,7 +239,11 @@ fn train(args: TrainArgs) -> Result<()> {
             m.update_s
         );
     }
-    eprintln!("metrics: {}", metrics_path.display());
+    eprintln!(
+        "metrics: {}; checkpoint: {}",
+        metrics_path.display(),
+        checkpoint_path.display()
+    );
     Ok(())
 }
 

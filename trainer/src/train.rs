@@ -147,6 +147,76 @@ impl<'a> Trainer<'a> {
         Ok((r, correct))
     }
 
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Writes everything needed to continue exactly where this trainer is.
+    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<()> {
+        let weights = self
+            .model
+            .named_vars()?
+            .into_iter()
+            .map(|(name, var)| (name, var.as_tensor().clone()))
+            .collect();
+        let (moments, optimizer_step) = self.optimizer.state();
+        crate::checkpoint::save(
+            path,
+            &crate::checkpoint::Checkpoint {
+                weights,
+                moments,
+                position: crate::checkpoint::TrainerPosition {
+                    step: self.step,
+                    cursor: self.cursor,
+                    rng_state: self.rng.state(),
+                    optimizer_step,
+                    cloud_verdicts: self.cloud.verdicts(),
+                },
+            },
+        )
+    }
+
+    /// Continues from a checkpoint written by [`Self::save_checkpoint`] for the same model.
+    pub fn restore_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
+        let checkpoint = crate::checkpoint::load(path, self.model.dtype(), self.model.device())?;
+        let vars = self.model.named_vars()?;
+        if vars.len() != checkpoint.weights.len() {
+            return Err(TrainError::Data {
+                path: path.display().to_string(),
+                reason: format!(
+                    "{} weights for a model of {}",
+                    checkpoint.weights.len(),
+                    vars.len()
+                ),
+            });
+        }
+        for (name, var) in vars {
+            let saved = checkpoint
+                .weights
+                .get(&name)
+                .ok_or_else(|| TrainError::Data {
+                    path: path.display().to_string(),
+                    reason: format!("no weight `{name}`"),
+                })?;
+            if saved.shape() != var.as_tensor().shape() {
+                return Err(TrainError::Data {
+                    path: path.display().to_string(),
+                    reason: format!("`{name}` has the wrong shape"),
+                });
+            }
+            var.set(saved)?;
+        }
+        let p = checkpoint.position;
+        self.optimizer
+            .restore(checkpoint.moments, p.optimizer_step)?;
+        self.step = p.step;
+        self.cursor = p.cursor;
+        self.rng = SplitMix64::new(p.rng_state);
+        self.cloud.restore_verdicts(&p.cloud_verdicts);
+        Ok(())
+    }
+
     pub fn step(&mut self) -> Result<StepMetrics> {
         let started = Instant::now();
         let batch = self.next_batch();
