@@ -153,7 +153,80 @@ impl TrainableModel {
         Ok(logits)
     }
 
-    fn run(&self, ids: &Tensor, start: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    /// The final normed hidden states `[batch, seq, hidden]` (what the output head multiplies).
+    pub fn final_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.hidden(ids, 0, None)
+    }
+
+    /// The token embedding `[vocab, hidden]`.
+    pub fn embedding(&self) -> &Var {
+        &self.embed
+    }
+
+    /// The output head `[vocab, hidden]` (the embedding when tied).
+    pub fn head(&self) -> &Var {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Appends one token to the vocabulary: a new embedding row (and output-head row when the
+    /// head is untied) set to `row`. Returns its id. Call before creating an optimiser.
+    pub fn add_token(&mut self, row: &Tensor) -> Result<u32> {
+        let id = u32::try_from(self.config.vocab_size)
+            .map_err(|_| TrainError::InvalidSettings("vocabulary too large".into()))?;
+        let row = row
+            .to_dtype(self.dtype)?
+            .reshape((1, self.config.hidden_size))?;
+        let grow = |var: &Var| -> Result<Var> {
+            Ok(Var::from_tensor(&Tensor::cat(
+                &[var.as_tensor(), &row],
+                0,
+            )?)?)
+        };
+        self.embed = grow(&self.embed)?;
+        let mut data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| TrainError::InvalidSettings("variable map poisoned".into()))?;
+        data.insert(WeightKey::TokenEmbedding.hf_name(), self.embed.clone());
+        if let Some(out) = &self.output {
+            let grown = grow(out)?;
+            data.insert(WeightKey::Output.hf_name(), grown.clone());
+            self.output = Some(grown);
+        }
+        self.config.vocab_size += 1;
+        Ok(id)
+    }
+
+    /// Replaces row `id` of the output head (the embedding when tied) with `row`.
+    pub fn set_head_row(&self, id: u32, row: &Tensor) -> Result<()> {
+        let head = self.head();
+        let (vocab, hidden) = head.as_tensor().dims2()?;
+        let id = id as usize;
+        if id >= vocab {
+            return Err(TrainError::InvalidSettings(format!(
+                "token {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let row = row.to_dtype(self.dtype)?.reshape((1, hidden))?;
+        let updated = head
+            .as_tensor()
+            .slice_assign(&[id..id + 1, 0..hidden], &row)?;
+        head.set(&updated)?;
+        Ok(())
+    }
+
+    fn run(&self, ids: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let x = self.hidden(ids, start, cache)?;
+        linear(&x, self.head())
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (batch, seq) = ids.dims2()?;
         if start + seq > c.context_length {
@@ -191,9 +264,7 @@ impl TrainableModel {
             let up = linear(&h, &layer.up)?;
             x = (x + linear(&(gate * up)?, &layer.down)?)?;
         }
-        let x = rms_norm(&x, &self.output_norm, eps)?;
-        let head = self.output.as_ref().unwrap_or(&self.embed);
-        linear(&x, head)
+        rms_norm(&x, &self.output_norm, eps)
     }
 
     fn attention(

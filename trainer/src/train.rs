@@ -60,6 +60,18 @@ pub struct StepMetrics {
     pub step_s: f64,
 }
 
+/// The chat prompt for a problem: one user message with its question and the task's answer
+/// format. Training, `prepare` and evaluation all format prompts this way.
+pub fn prompt_ids(
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    task: &dyn Task,
+    problem: &Problem,
+) -> Result<Vec<u32>> {
+    let content = format!("{} {}", problem.question, task.answer_format());
+    Ok(template.encode(&[Message::user(content.trim_end())], true, tokenizer)?)
+}
+
 pub struct Trainer<'a> {
     pub model: TrainableModel,
     tokenizer: &'a Tokenizer,
@@ -111,12 +123,9 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The chat prompt for a problem: its question and the task's answer format.
+    /// The chat prompt for a problem (see [`prompt_ids`]).
     pub fn prompt_ids(&self, problem: &Problem) -> Result<Vec<u32>> {
-        let content = format!("{} {}", problem.question, self.task.answer_format());
-        Ok(self
-            .template
-            .encode(&[Message::user(content)], true, self.tokenizer)?)
+        prompt_ids(self.template, self.tokenizer, self.task, problem)
     }
 
     fn next_batch(&mut self) -> Vec<Problem> {

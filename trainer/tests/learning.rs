@@ -14,8 +14,8 @@ use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::{RolloutConfig, rollout_group};
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
-use selfroute_train::train::{StepMetrics, TrainConfig, Trainer};
-use selfroute_train::warmup::warm_up_offload;
+use selfroute_train::train::{StepMetrics, TrainConfig, Trainer, prompt_ids};
+use selfroute_train::warmup::{calibrate_offload_row, offload_probability};
 
 /// "easy": any answer with a lowercase ASCII letter is correct (the random model starts out right
 /// about a third of the time, as a base model is on prompts within its reach). "hard": no local
@@ -111,24 +111,19 @@ fn train(algo: Algo, alpha_cloud: f64, rho: Option<f64>, steps: usize) -> Run {
     // same for both prompts, so telling them apart is left to RL.
     let prompts: Vec<Vec<u32>> = problems[..2]
         .iter()
-        .map(|p| {
-            template
-                .encode(
-                    &[selfroute_core::Message::user(format!("{} ", p.question))],
-                    true,
-                    &package.tokenizer,
-                )
-                .unwrap()
-        })
+        .map(|p| prompt_ids(&template, &package.tokenizer, &task, p).unwrap())
         .collect();
     let offload_id = signal.token_id.unwrap();
     let target = 0.15;
-    let warm = warm_up_offload(&model, &prompts, offload_id, target, 50, 1e-2).unwrap();
+    let warm = calibrate_offload_row(&model, &prompts, offload_id, target).unwrap();
     eprintln!("warm-up: {warm:?}");
     assert!(
-        warm.final_rate >= target && warm.initial_rate < 0.02,
+        (warm.final_rate - target).abs() < 1e-6 && warm.initial_rate < 0.02,
         "{warm:?}"
     );
+    // The fitted rate is the model's true first-token probability, measured the slow way.
+    let measured = offload_probability(&model, &prompts, offload_id).unwrap();
+    assert!((measured - target).abs() < 1e-4, "{measured}");
     let mut trainer = Trainer::new(
         model,
         &package.tokenizer,

@@ -24,6 +24,14 @@ impl Architecture {
         }
     }
 
+    /// The GGUF `general.architecture` name (also the prefix of its metadata keys).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+
     /// Qwen2 has biases on the Q, K and V projections; LLaMA has none.
     pub fn has_qkv_bias(self) -> bool {
         matches!(self, Self::Qwen2)

@@ -51,6 +51,18 @@ impl GgufFile {
         self.content.metadata.get(key)
     }
 
+    /// Every metadata entry, `general.*` first, then by key (a stable order for rewriting a file).
+    pub fn metadata_entries(&self) -> Vec<(&str, &Value)> {
+        let mut entries: Vec<(&str, &Value)> = self
+            .content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        entries.sort_by_key(|(k, _)| (!k.starts_with("general."), *k));
+        entries
+    }
+
     pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
         self.content.tensor_infos.keys().map(String::as_str)
     }

@@ -1,0 +1,126 @@
+//! Writing a trained model as GGUF: the source file's metadata (tokenizer, chat template, config),
+//! with a vocabulary grown by any added tokens, and the trained weights in the chosen format.
+//! Matrices are quantized (Q8_0, Q4_1) or stored as F16/F32; norms and biases stay F32, as
+//! llama.cpp's converter does.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::DType;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use selfroute_core::{GgufFile, WeightKey};
+
+use crate::error::{Result, TrainError};
+use crate::model::TrainableModel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportType {
+    F32,
+    F16,
+    Q8_0,
+    Q4_1,
+}
+
+impl ExportType {
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "q8_0" => Self::Q8_0,
+            "q4_1" => Self::Q4_1,
+            other => {
+                return Err(TrainError::InvalidSettings(format!(
+                    "unknown export type `{other}` (f32, f16, q8_0, q4_1)"
+                )));
+            }
+        })
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Self::F32 => GgmlDType::F32,
+            Self::F16 => GgmlDType::F16,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+        }
+    }
+}
+
+/// Tokens appended to the source vocabulary (e.g. `<|offload|>`), with their GGUF token type
+/// (3 = control).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedToken {
+    pub text: String,
+    pub token_type: i32,
+}
+
+/// The bytes of a GGUF file holding `model`'s weights and `source`'s metadata.
+pub fn gguf_bytes(
+    model: &TrainableModel,
+    source: &GgufFile,
+    added: &[AddedToken],
+    format: ExportType,
+) -> Result<Vec<u8>> {
+    let config = model.config();
+    let arch = config.architecture.gguf_name();
+    let mut metadata: Vec<(String, Value)> = Vec::new();
+    for (key, value) in source.metadata_entries() {
+        let value = match key {
+            "tokenizer.ggml.tokens" => {
+                extend_array(value, added.iter().map(|t| Value::String(t.text.clone())))?
+            }
+            "tokenizer.ggml.token_type" => {
+                extend_array(value, added.iter().map(|t| Value::I32(t.token_type)))?
+            }
+            "tokenizer.ggml.scores" => extend_array(value, added.iter().map(|_| Value::F32(0.0)))?,
+            k if k == format!("{arch}.vocab_size") => Value::U32(config.vocab_size as u32),
+            _ => value.clone(),
+        };
+        metadata.push((key.to_string(), value));
+    }
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let vars = model.named_vars()?;
+    for key in WeightKey::all_for(config) {
+        let Some((_, var)) = vars.iter().find(|(name, _)| *name == key.hf_name()) else {
+            continue;
+        };
+        let t = var.as_tensor().to_dtype(DType::F32)?;
+        let dtype = if t.rank() == 2 && t.dim(1)? % format.ggml().block_size() == 0 {
+            format.ggml()
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((key.gguf_name(), QTensor::quantize(&t, dtype)?));
+    }
+    let meta_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &meta_refs, &tensor_refs)?;
+    Ok(out.into_inner())
+}
+
+fn extend_array(value: &Value, extra: impl Iterator<Item = Value>) -> Result<Value> {
+    let Value::Array(items) = value else {
+        return Err(TrainError::InvalidSettings(
+            "a tokenizer field of the source GGUF is not an array".into(),
+        ));
+    };
+    let mut items = items.clone();
+    items.extend(extra);
+    Ok(Value::Array(items))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    let io = |e: std::io::Error| TrainError::Data {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,43 @@
+//! `prepare`: adds `<|offload|>` to a model and warms it up so RL has offloads to reinforce.
+//!
+//! The token is appended to the vocabulary as a control token (GGUF `token_type` 3), which is
+//! where the inference side looks for it (`OffloadSignal::from_tokenizer`). Its embedding row
+//! starts as the mean embedding of the paper's marker text, `<unknown> I need external assistance
+//! </unknown>`, so the model sees something meaning "I need help"; with a tied head that is also
+//! its output row. Then [`calibrate_offload_row`] fits the output row to the target rate.
+
+use selfroute_core::{DEFAULT_OFFLOAD_MARKER, Tokenizer};
+
+use crate::error::{Result, TrainError};
+use crate::model::TrainableModel;
+use crate::warmup::{WarmupReport, calibrate_offload_row, mean_embedding};
+
+pub fn add_offload_token(
+    model: &mut TrainableModel,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    target_rate: f64,
+) -> Result<(u32, WarmupReport)> {
+    if tokenizer
+        .token_to_id(selfroute_core::OFFLOAD_TOKEN)
+        .is_some()
+    {
+        return Err(TrainError::InvalidSettings(format!(
+            "the model already has {}",
+            selfroute_core::OFFLOAD_TOKEN
+        )));
+    }
+    if tokenizer.vocab_size() != model.config().vocab_size {
+        // Padded vocabularies would put the new token at a different id than the tokenizer's.
+        return Err(TrainError::InvalidSettings(format!(
+            "the tokenizer has {} tokens but the model {} rows; cannot append a token",
+            tokenizer.vocab_size(),
+            model.config().vocab_size
+        )));
+    }
+    let marker_ids = tokenizer.encode_literal(DEFAULT_OFFLOAD_MARKER)?;
+    let init = mean_embedding(model, &marker_ids)?;
+    let id = model.add_token(&init)?;
+    let report = calibrate_offload_row(model, prompts, id, target_rate)?;
+    Ok((id, report))
+}

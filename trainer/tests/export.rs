@@ -1,0 +1,190 @@
+//! prepare -> export -> the inference engine: the exported GGUF carries `<|offload|>` where the
+//! inference side finds it, and reproduces the trainer's model: exactly (greedy tokens, logits to
+//! float rounding) for F32, within a stated tolerance for Q8_0 and Q4_1.
+
+#[path = "../../crates/core/tests/common/mod.rs"]
+mod gguf;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::{DType, Device, Tensor};
+use selfroute_candle::CandleModel;
+use selfroute_core::{
+    GenerationParams, Generator, GgufFile, LogitsFor, Message, ModelPackage, OFFLOAD_TOKEN,
+    OffloadSignal, SamplingParams,
+};
+use selfroute_train::export::{AddedToken, ExportType, gguf_bytes};
+use selfroute_train::model::TrainableModel;
+use selfroute_train::prepare::add_offload_token;
+use selfroute_train::rollout::{RolloutConfig, rollout_group};
+
+struct Prepared {
+    model: TrainableModel,
+    source: GgufFile,
+    prompt: Vec<u32>,
+    offload_id: u32,
+}
+
+fn prepared() -> Prepared {
+    let mut builder = gguf::GgufBuilder::tiny_llama();
+    builder.set_meta("llama.context_length", Value::U32(64));
+    let bytes = builder.bytes();
+    let package = ModelPackage::from_gguf("tiny.gguf", bytes.clone()).unwrap();
+    let mut model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let template = package.chat_template.unwrap();
+    let prompt = template
+        .encode(&[Message::user("What is 2 + 3?")], true, &package.tokenizer)
+        .unwrap();
+    let other = template
+        .encode(&[Message::user("Name a colour.")], true, &package.tokenizer)
+        .unwrap();
+    let vocab = package.config.vocab_size as u32;
+    let (offload_id, report) = add_offload_token(
+        &mut model,
+        &package.tokenizer,
+        &[prompt.clone(), other],
+        0.2,
+    )
+    .unwrap();
+    assert_eq!(offload_id, vocab, "appended at the end");
+    assert!((report.final_rate - 0.2).abs() < 1e-6, "{report:?}");
+    Prepared {
+        model,
+        source: GgufFile::from_bytes("tiny.gguf", bytes).unwrap(),
+        prompt,
+        offload_id,
+    }
+}
+
+fn export(p: &Prepared, format: ExportType) -> ModelPackage {
+    let added = [AddedToken {
+        text: OFFLOAD_TOKEN.into(),
+        token_type: 3,
+    }];
+    let bytes = gguf_bytes(&p.model, &p.source, &added, format).unwrap();
+    ModelPackage::from_gguf("exported.gguf", bytes).expect("the exported GGUF loads")
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn engine_logits(package: &ModelPackage, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut engine =
+        CandleModel::load(&package.config, package.weights.as_ref(), &Device::Cpu).unwrap();
+    engine
+        .forward_tokens(tokens, 0, LogitsFor::All)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
+fn trainer_logits(model: &TrainableModel, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let ids = Tensor::new(tokens, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model
+        .forward(&ids)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn an_f32_export_reproduces_the_trainer_exactly_and_carries_the_offload_token() {
+    let p = prepared();
+    let package = export(&p, ExportType::F32);
+    // The inference side finds the token where the trainer put it.
+    let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
+    assert_eq!(signal.token_id, Some(p.offload_id));
+    assert_eq!(package.config.vocab_size, p.offload_id as usize + 1);
+    assert!(
+        !package
+            .tokenizer
+            .encode_literal(OFFLOAD_TOKEN)
+            .unwrap()
+            .contains(&p.offload_id)
+    );
+
+    let diff = max_diff(
+        &trainer_logits(&p.model, &p.prompt),
+        &engine_logits(&package, &p.prompt),
+    );
+    assert!(diff < 1e-4, "logits differ by {diff}");
+
+    // Greedy continuations: the trainer's rollout code and the inference engine's generator.
+    let ours = rollout_group(
+        &p.model,
+        &package.tokenizer,
+        &signal,
+        &p.prompt,
+        &RolloutConfig {
+            group: 1,
+            max_new_tokens: 12,
+            temperature: 0.0,
+        },
+        0,
+    )
+    .unwrap()
+    .remove(0);
+    let engine =
+        CandleModel::load(&package.config, package.weights.as_ref(), &Device::Cpu).unwrap();
+    let mut generator = Generator::new(engine);
+    let params = GenerationParams {
+        max_new_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        ..GenerationParams::default()
+    };
+    let mut theirs = Vec::new();
+    pollster::block_on(
+        generator.generate(&package.tokenizer, &p.prompt, &params, |e| {
+            theirs.push(e.id);
+            if e.id == p.offload_id {
+                selfroute_core::Control::Stop
+            } else {
+                selfroute_core::Control::Continue
+            }
+        }),
+    )
+    .unwrap();
+    let ours_tokens: Vec<u32> = ours
+        .tokens
+        .iter()
+        .copied()
+        .filter(|t| !package.tokenizer.stop_token_ids().contains(t))
+        .collect();
+    assert_eq!(ours_tokens, theirs);
+    assert!(!ours_tokens.is_empty());
+}
+
+#[test]
+fn quantized_exports_stay_within_tolerance() {
+    let p = prepared();
+    let reference = trainer_logits(&p.model, &p.prompt);
+    // Q8_0 keeps 8 bits per weight, Q4_1 4: bounds measured on this model with margin.
+    for (format, bound) in [
+        (ExportType::Q8_0, 0.05),
+        (ExportType::F16, 0.01),
+        (ExportType::Q4_1, 0.5),
+    ] {
+        let package = export(&p, format);
+        let diff = max_diff(&reference, &engine_logits(&package, &p.prompt));
+        eprintln!("{format:?}: max logit difference {diff}");
+        assert!(diff < bound, "{format:?}: logits differ by {diff}");
+        assert!(
+            diff > 0.0 || format == ExportType::F16,
+            "{format:?} really quantized"
+        );
+    }
+}
