@@ -10,7 +10,7 @@ use selfroute_core::{
 };
 use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
 use selfroute_train::checkpoint::append_line;
-use selfroute_train::cloud::{CloudOracle, SimulatedCloud};
+use selfroute_train::cloud::{CloudOracle, HttpCloud, SimulatedCloud};
 use selfroute_train::export::{AddedToken, ExportType, gguf_bytes, write_atomically};
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
@@ -97,9 +97,20 @@ struct TrainArgs {
     /// arith, arith:LO-HI, countdown, countdown:N or jsonl:PATH.
     #[arg(long, default_value = "arith")]
     task: String,
-    /// The cloud's verdicts: simulated:ACC (correct with probability ACC, fixed per prompt).
+    /// Who answers offloaded prompts: simulated:ACC (right with probability ACC, fixed per
+    /// prompt), or an OpenAI-compatible URL (asked once per prompt; answers cached in
+    /// OUT/cloud-cache.jsonl).
     #[arg(long, default_value = "simulated:0.9")]
     cloud: String,
+    /// The `model` sent to a --cloud URL.
+    #[arg(long, default_value = "default")]
+    cloud_model: String,
+    /// Environment variable holding the --cloud URL's API key.
+    #[arg(long, default_value = "SELFROUTE_CLOUD_API_KEY")]
+    cloud_key_env: String,
+    /// Most tokens of a cloud answer.
+    #[arg(long, default_value_t = 1024)]
+    cloud_max_tokens: u32,
     #[arg(long, default_value_t = 10)]
     steps: usize,
     #[arg(long, default_value_t = 8)]
@@ -185,12 +196,20 @@ fn train(args: TrainArgs) -> Result<()> {
         (!has_token).then(|| DEFAULT_OFFLOAD_MARKER.to_string()),
     )?;
     let task = parse_task(&args.task)?;
-    let mut cloud = SimulatedCloud::parse(&args.cloud, args.seed)?.with_context(|| {
-        format!(
-            "--cloud {}: only simulated:ACC is supported yet",
-            args.cloud
-        )
-    })?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut cloud: Box<dyn CloudOracle> = match SimulatedCloud::parse(&args.cloud, args.seed)? {
+        Some(simulated) => Box::new(simulated),
+        None => Box::new(HttpCloud::new(
+            &args.cloud,
+            std::env::var(&args.cloud_key_env)
+                .ok()
+                .filter(|k| !k.is_empty()),
+            args.cloud_model.clone(),
+            Some(args.cloud_max_tokens),
+            args.out.join("cloud-cache.jsonl"),
+        )?),
+    };
     let needed = args.steps * args.prompts_per_step;
     let problems = task.problems(Split::Train, needed.clamp(1, 100_000), args.seed)?;
     let model = TrainableModel::from_weights(
@@ -233,8 +252,6 @@ fn train(args: TrainArgs) -> Result<()> {
         },
         seed: args.seed,
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
     let checkpoint_path = args.out.join("checkpoint.safetensors");
     if !args.resume && metrics_path.exists() {
@@ -257,7 +274,7 @@ fn train(args: TrainArgs) -> Result<()> {
         template,
         signal,
         task.as_ref(),
-        &mut cloud,
+        cloud.as_mut(),
         problems,
         config,
     )?;

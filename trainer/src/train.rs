@@ -53,6 +53,8 @@ pub struct StepMetrics {
     pub entropy: f64,
     pub response_tokens_mean: f64,
     pub learning_rate: f64,
+    /// Which cloud scored the offloads ("simulated cloud (...)" when simulated).
+    pub cloud: String,
     pub cloud_calls: usize,
     pub tokens_per_s: f64,
     pub rollout_s: f64,
@@ -342,6 +344,7 @@ impl<'a> Trainer<'a> {
             entropy: entropy / tokens.max(1) as f64,
             response_tokens_mean: tokens as f64 / n,
             learning_rate: lr,
+            cloud: self.cloud.describe(),
             cloud_calls: self.cloud.calls(),
             tokens_per_s: tokens as f64 / rollout_s.max(1e-9),
             rollout_s,
