@@ -124,3 +124,104 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
+
+/// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32), `tokenizer.json` and
+/// `tokenizer_config.json` (bos/eos names and the chat template). Q and K rows are returned to
+/// the Hugging Face layout when the model came from a llama.cpp GGUF (which permutes them so RoPE
+/// rotates adjacent pairs).
+pub fn write_hf_folder(
+    model: &TrainableModel,
+    tokenizer: &selfroute_core::Tokenizer,
+    chat_template: Option<&str>,
+    dir: &Path,
+) -> Result<()> {
+    let c = model.config();
+    let io = |p: &Path, e: &dyn std::fmt::Display| TrainError::Data {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
+    let vars = model.named_vars()?;
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for key in WeightKey::all_for(c) {
+        let Some((_, var)) = vars.iter().find(|(name, _)| *name == key.hf_name()) else {
+            continue;
+        };
+        let mut t = var.as_tensor().to_dtype(DType::F32)?;
+        if c.rope_layout == selfroute_core::RopeLayout::Interleaved {
+            t = match key {
+                WeightKey::AttnQ(_) => unpermute_rows(&t, c.num_heads)?,
+                WeightKey::AttnK(_) => unpermute_rows(&t, c.num_kv_heads)?,
+                _ => t,
+            };
+        }
+        let bytes: Vec<u8> = t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        buffers.push((key.hf_name(), t.dims().to_vec(), bytes));
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| io(dir, &e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let weights = dir.join("model.safetensors");
+    safetensors::serialize_to_file(views, None, &weights).map_err(|e| io(&weights, &e))?;
+
+    let (architecture, model_type) = match c.architecture {
+        selfroute_core::Architecture::Llama => ("LlamaForCausalLM", "llama"),
+        selfroute_core::Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
+    let token_id = |t: Option<&str>| t.and_then(|t| tokenizer.token_to_id(t));
+    let config = serde_json::json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps,
+        "max_position_embeddings": c.context_length,
+        "tie_word_embeddings": c.tie_embeddings,
+        "bos_token_id": token_id(tokenizer.bos_token()),
+        "eos_token_id": token_id(tokenizer.eos_token()),
+        "torch_dtype": "float32",
+    });
+    let mut tokenizer_config = serde_json::json!({
+        "bos_token": tokenizer.bos_token(),
+        "eos_token": tokenizer.eos_token(),
+    });
+    if let Some(template) = chat_template {
+        tokenizer_config["chat_template"] = serde_json::Value::String(template.to_string());
+    }
+    let write_json = |name: &str, value: &serde_json::Value| -> Result<()> {
+        let p = dir.join(name);
+        let text = serde_json::to_string_pretty(value).map_err(|e| io(&p, &e))?;
+        std::fs::write(&p, text).map_err(|e| io(&p, &e))
+    };
+    write_json("config.json", &config)?;
+    write_json("tokenizer_config.json", &tokenizer_config)?;
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, tokenizer.to_json()?).map_err(|e| io(&p, &e))?;
+    Ok(())
+}
+
+/// Inverse of llama.cpp's Q/K permutation: per head, rows (2i, 2i+1) go back to (i, i + d/2).
+fn unpermute_rows(w: &candle_core::Tensor, heads: usize) -> Result<candle_core::Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let head_dim = rows / heads;
+    Ok(w.reshape((heads, head_dim / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}

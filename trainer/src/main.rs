@@ -11,7 +11,9 @@ use selfroute_core::{
 use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
 use selfroute_train::checkpoint::append_line;
 use selfroute_train::cloud::{CloudOracle, HttpCloud, SimulatedCloud};
-use selfroute_train::export::{AddedToken, ExportType, gguf_bytes, write_atomically};
+use selfroute_train::export::{
+    AddedToken, ExportType, gguf_bytes, write_atomically, write_hf_folder,
+};
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::prepare::add_offload_token;
@@ -80,6 +82,10 @@ struct ExportArgs {
     /// f32, f16, q8_0 or q4_1.
     #[arg(long = "type", default_value = "q8_0")]
     format: String,
+    /// Also write a Hugging Face folder (config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json) here.
+    #[arg(long, value_name = "DIR")]
+    hf: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +155,9 @@ struct TrainArgs {
     max_grad_norm: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// cpu, or cuda / cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Folder for metrics.jsonl and checkpoint.safetensors.
     #[arg(long, default_value = "runs/latest")]
     out: PathBuf,
@@ -212,11 +221,12 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     let needed = args.steps * args.prompts_per_step;
     let problems = task.problems(Split::Train, needed.clamp(1, 100_000), args.seed)?;
+    let device = parse_device(&args.device)?;
     let model = TrainableModel::from_weights(
         &package.config,
         package.weights.as_ref(),
         DType::F32,
-        &Device::Cpu,
+        &device,
     )?;
     if args.lr.is_nan() || args.lr <= 0.0 {
         bail!("--lr must be positive");
@@ -430,6 +440,14 @@ fn export(args: ExportArgs) -> Result<()> {
     }
     let bytes = gguf_bytes(&model, &source, &[], format)?;
     write_atomically(&args.out, &bytes)?;
+    if let Some(dir) = &args.hf {
+        let template = source
+            .metadata("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        write_hf_folder(&model, &package.tokenizer, template.as_deref(), dir)?;
+        eprintln!("wrote {}", dir.display());
+    }
     eprintln!(
         "wrote {} ({:.1} MB, step {})",
         args.out.display(),
@@ -437,4 +455,18 @@ fn export(args: ExportArgs) -> Result<()> {
         checkpoint.position.step
     );
     Ok(())
+}
+
+fn parse_device(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("--device {other}: expected cpu, cuda or cuda:N"))?,
+    };
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("--device {spec}: no CUDA device (build with `--features cuda` on a GPU machine)")
+    })
 }

@@ -118,11 +118,14 @@ fn prepare_train_resume_export() {
         path(&trained),
         "--type",
         "q8_0",
+        "--hf",
+        path(&dir.join("hf")),
     ]);
     let exported = ModelPackage::from_gguf("trained", std::fs::read(&trained).unwrap()).unwrap();
     assert_eq!(
         exported.tokenizer.token_to_id(OFFLOAD_TOKEN),
         package.tokenizer.token_to_id(OFFLOAD_TOKEN)
     );
+    assert!(dir.join("hf/model.safetensors").exists() && dir.join("hf/tokenizer.json").exists());
     std::fs::remove_dir_all(&dir).ok();
 }

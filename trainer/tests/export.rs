@@ -188,3 +188,56 @@ fn quantized_exports_stay_within_tolerance() {
         );
     }
 }
+
+#[test]
+fn a_hugging_face_folder_reproduces_the_trainer() {
+    let p = prepared();
+    // The tokenizer of the exported GGUF knows the offload token; the folder carries it along.
+    let gguf_package = export(&p, ExportType::F32);
+    let dir = std::env::temp_dir().join(format!("selfroute-hf-export-{}", std::process::id()));
+    let template = p
+        .source
+        .metadata("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    selfroute_train::export::write_hf_folder(
+        &p.model,
+        &gguf_package.tokenizer,
+        template.as_deref(),
+        &dir,
+    )
+    .unwrap();
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    let config = String::from_utf8(read("config.json")).unwrap();
+    let tok_config = String::from_utf8(read("tokenizer_config.json")).unwrap();
+    let package = ModelPackage::from_hf_files(
+        dir.display().to_string(),
+        &config,
+        vec![("model.safetensors".into(), read("model.safetensors"))],
+        Some(&read("tokenizer.json")),
+        Some(&tok_config),
+    )
+    .expect("the folder loads");
+    assert_eq!(package.config.rope_layout, selfroute_core::RopeLayout::Half);
+    assert_eq!(
+        package.tokenizer.token_to_id(OFFLOAD_TOKEN),
+        Some(p.offload_id)
+    );
+    let prompt = package
+        .chat_template
+        .as_ref()
+        .unwrap()
+        .encode(&[Message::user("What is 2 + 3?")], true, &package.tokenizer)
+        .unwrap();
+    assert_eq!(
+        prompt, p.prompt,
+        "same tokens through tokenizer.json and the template"
+    );
+    // Un-permuted Q/K with rotate-half RoPE give the same logits as the GGUF layout.
+    let diff = max_diff(
+        &trainer_logits(&p.model, &p.prompt),
+        &engine_logits(&package, &p.prompt),
+    );
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    std::fs::remove_dir_all(&dir).ok();
+}
