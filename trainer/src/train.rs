@@ -58,6 +58,10 @@ pub struct StepMetrics {
     pub cloud_calls: usize,
     pub tokens_per_s: f64,
     pub rollout_s: f64,
+    /// Log-prob forward and backward passes of the kept groups.
+    pub forward_backward_s: f64,
+    pub optimizer_s: f64,
+    /// forward_backward_s + optimizer_s.
     pub update_s: f64,
     pub step_s: f64,
 }
@@ -314,11 +318,14 @@ impl<'a> Trainer<'a> {
                 .collect();
             accumulate_group(&self.model, &prompts[i].1, &weighted, &mut grads)?;
         }
+        let backward_s = update_started.elapsed().as_secs_f64();
         let lr = self.config.schedule.at(self.step);
+        let optimizer_started = Instant::now();
         let grad_norm = match &grads {
             Some(grads) => self.optimizer.step(grads, lr)?.grad_norm,
             None => 0.0,
         };
+        let optimizer_s = optimizer_started.elapsed().as_secs_f64();
         let update_s = update_started.elapsed().as_secs_f64();
 
         let n = all_rewards.len().max(1) as f64;
@@ -348,6 +355,8 @@ impl<'a> Trainer<'a> {
             cloud_calls: self.cloud.calls(),
             tokens_per_s: tokens as f64 / rollout_s.max(1e-9),
             rollout_s,
+            forward_backward_s: backward_s,
+            optimizer_s,
             update_s,
             step_s,
         };

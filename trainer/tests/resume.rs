@@ -130,6 +130,8 @@ fn strip_timings(m: &StepMetrics) -> StepMetrics {
     StepMetrics {
         tokens_per_s: 0.0,
         rollout_s: 0.0,
+        forward_backward_s: 0.0,
+        optimizer_s: 0.0,
         update_s: 0.0,
         step_s: 0.0,
         ..m.clone()
