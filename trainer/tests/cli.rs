@@ -1,7 +1,8 @@
 //! `selfroute-train` as a user runs it: prepare -> train -> resume -> export on a tiny model.
 
-#[path = "../../crates/core/tests/common/mod.rs"]
-mod gguf;
+mod support;
+
+use support::gguf;
 
 use std::path::Path;
 use std::process::Command;

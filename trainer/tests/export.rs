@@ -2,8 +2,9 @@
 //! inference side finds it, and reproduces the trainer's model: exactly (greedy tokens, logits to
 //! float rounding) for F32, within a stated tolerance for Q8_0 and Q4_1.
 
-#[path = "../../crates/core/tests/common/mod.rs"]
-mod gguf;
+mod support;
+
+use support::gguf;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::{DType, Device, Tensor};
@@ -29,13 +30,7 @@ fn prepared() -> Prepared {
     builder.set_meta("llama.context_length", Value::U32(64));
     let bytes = builder.bytes();
     let package = ModelPackage::from_gguf("tiny.gguf", bytes.clone()).unwrap();
-    let mut model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let mut model = support::trainable(&package, DType::F32);
     let template = package.chat_template.unwrap();
     let prompt = template
         .encode(&[Message::user("What is 2 + 3?")], true, &package.tokenizer)

@@ -3,14 +3,12 @@
 //! finds that policy, and GRPO with a cloud reward close to the local one collapses to offloading
 //! everything, as the paper reports.
 
-#[path = "../../crates/core/tests/common/mod.rs"]
-mod gguf;
+mod support;
 
-use candle_core::{DType, Device};
-use selfroute_core::{ModelPackage, OffloadSignal};
+use candle_core::DType;
+use selfroute_core::OffloadSignal;
 use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
 use selfroute_train::cloud::SimulatedCloud;
-use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::{RolloutConfig, rollout_group};
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
@@ -67,18 +65,8 @@ struct Run {
 }
 
 fn train(algo: Algo, alpha_cloud: f64, rho: Option<f64>, steps: usize) -> Run {
-    let package = ModelPackage::from_gguf(
-        "tiny.gguf",
-        gguf::GgufBuilder::tiny_llama_with_offload(64).bytes(),
-    )
-    .unwrap();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let package = support::tiny_with_offload(64);
+    let model = support::trainable(&package, DType::F32);
     let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
     let template = package.chat_template.unwrap();
     let task = EasyHard;

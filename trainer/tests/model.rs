@@ -2,8 +2,7 @@
 //! gradients: every parameter gets a finite, non-zero gradient, and autograd agrees with finite
 //! differences on a tiny random model in f64.
 
-#[path = "../../crates/core/tests/common/mod.rs"]
-mod gguf;
+mod support;
 
 use candle_core::{DType, Device, Tensor};
 use selfroute_candle::CandleModel;
@@ -11,11 +10,7 @@ use selfroute_core::{LogitsFor, ModelPackage};
 use selfroute_train::model::{TrainableModel, token_log_probs};
 
 fn tiny_package() -> ModelPackage {
-    ModelPackage::from_gguf(
-        "tiny.gguf",
-        gguf::GgufBuilder::tiny_llama_with_offload(64).bytes(),
-    )
-    .expect("tiny model")
+    support::tiny_with_offload(64)
 }
 
 fn smollm2_package() -> ModelPackage {
@@ -29,13 +24,7 @@ fn smollm2_package() -> ModelPackage {
 /// Max |difference| between the trainable model's logits and the inference engine's, at every
 /// position of `tokens`.
 fn max_logit_diff(package: &ModelPackage, tokens: &[u32]) -> f32 {
-    let trainable = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .expect("trainable model");
+    let trainable = support::trainable(package, DType::F32);
     let ids = Tensor::new(tokens, &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
@@ -138,13 +127,7 @@ fn sequence_log_prob(model: &TrainableModel, tokens: &[u32]) -> Tensor {
 #[test]
 fn every_parameter_gets_a_finite_non_zero_gradient() {
     let package = tiny_package();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = support::trainable(&package, DType::F32);
     // Two sequences' worth of tokens through the whole vocabulary's head.
     let tokens: Vec<u32> = (0..24).map(|i| (i * 53 + 11) % 250 + 4).collect();
     let loss = sequence_log_prob(&model, &tokens);
@@ -172,13 +155,7 @@ fn every_parameter_gets_a_finite_non_zero_gradient() {
 #[test]
 fn autograd_agrees_with_finite_differences_in_f64() {
     let package = tiny_package();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F64,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = support::trainable(&package, DType::F64);
     let tokens: Vec<u32> = (0..12).map(|i| (i * 29 + 7) % 250 + 4).collect();
     let grads = sequence_log_prob(&model, &tokens).backward().unwrap();
     // Central differences: truncation error ~eps^2, rounding ~|loss| * 1e-16 / eps.
@@ -223,13 +200,7 @@ fn autograd_agrees_with_finite_differences_in_f64() {
 fn the_cached_forward_used_for_rollouts_matches_the_full_pass() {
     use selfroute_train::model::KvCache;
     let package = tiny_package();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = support::trainable(&package, DType::F32);
     let tokens: Vec<u32> = (0..10).map(|i| (i * 41 + 3) % 250 + 4).collect();
     let row = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let full = model

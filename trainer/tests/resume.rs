@@ -1,14 +1,12 @@
 //! Resume determinism: 4 steps straight and 2 steps, a checkpoint, a fresh process's worth of
 //! state, and 2 more steps end with identical weights and metrics.
 
-#[path = "../../crates/core/tests/common/mod.rs"]
-mod gguf;
+mod support;
 
-use candle_core::{DType, Device};
-use selfroute_core::{ModelPackage, OffloadSignal};
+use candle_core::DType;
+use selfroute_core::OffloadSignal;
 use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
 use selfroute_train::cloud::SimulatedCloud;
-use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::RolloutConfig;
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
@@ -72,18 +70,8 @@ fn run(
     resume_from: Option<&std::path::Path>,
     save_to: Option<&std::path::Path>,
 ) -> (Vec<(String, Vec<f32>)>, Vec<StepMetrics>) {
-    let package = ModelPackage::from_gguf(
-        "tiny.gguf",
-        gguf::GgufBuilder::tiny_llama_with_offload(64).bytes(),
-    )
-    .unwrap();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let package = support::tiny_with_offload(64);
+    let model = support::trainable(&package, DType::F32);
     let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
     let template = package.chat_template.unwrap();
     let task = AnyLetter;
@@ -170,18 +158,8 @@ fn a_corrupt_checkpoint_is_a_clear_error_and_changes_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.safetensors");
     std::fs::write(&bad, b"not a checkpoint").unwrap();
-    let package = ModelPackage::from_gguf(
-        "tiny.gguf",
-        gguf::GgufBuilder::tiny_llama_with_offload(64).bytes(),
-    )
-    .unwrap();
-    let model = TrainableModel::from_weights(
-        &package.config,
-        package.weights.as_ref(),
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let package = support::tiny_with_offload(64);
+    let model = support::trainable(&package, DType::F32);
     let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
     let template = package.chat_template.unwrap();
     let mut cloud = SimulatedCloud::new(0.5, 1).unwrap();

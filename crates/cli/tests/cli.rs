@@ -1,22 +1,8 @@
 //! The `selfroute` binary as a user runs it, on the real SmolLM2 file.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
 
-fn model() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask fetch-model`",
-        path.display()
-    );
-    path
-}
-
-fn selfroute() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_selfroute"))
-}
+use support::{model, selfroute};
 
 #[test]
 fn generate_continues_the_capital_of_france_with_paris() {
@@ -159,7 +145,8 @@ fn a_missing_or_corrupt_model_is_a_clear_error() {
 
 #[test]
 fn a_hugging_face_folder_loads_and_generates() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/data");
+    let data =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/data");
     let dir = std::env::temp_dir().join(format!("selfroute-cli-hf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for name in ["config.json", "model.safetensors"] {

@@ -47,15 +47,7 @@ fn chat(args: &[&str], lines: &[&str]) -> (Vec<serde_json::Value>, String) {
 fn direct_answer(server: &Server, messages: serde_json::Value, max_tokens: u32) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let body: serde_json::Value = reqwest::Client::new()
-            .post(server.url("/v1/chat/completions"))
-            .json(&serde_json::json!({"model": "default", "messages": messages, "max_tokens": max_tokens}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value = support::post_json(server.url("/v1/chat/completions"), &serde_json::json!({"model": "default", "messages": messages, "max_tokens": max_tokens})).await;
         body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()

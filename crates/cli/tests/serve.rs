@@ -16,15 +16,11 @@ fn client() -> reqwest::Client {
 async fn streaming_and_plain_answers_agree_and_follow_the_openai_format() {
     let server = Server::model(&[]);
     let question = "What is 7 + 5? Answer with just the number.";
-    let plain: serde_json::Value = client()
-        .post(server.url("/v1/chat/completions"))
-        .json(&chat_body(question, 12, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain: serde_json::Value = support::post_json(
+        server.url("/v1/chat/completions"),
+        &chat_body(question, 12, false),
+    )
+    .await;
     assert_eq!(plain["object"], "chat.completion");
     assert_eq!(plain["choices"][0]["message"]["role"], "assistant");
     let text = plain["choices"][0]["message"]["content"].as_str().unwrap();
@@ -57,23 +53,9 @@ async fn streaming_and_plain_answers_agree_and_follow_the_openai_format() {
     assert!(done, "the stream ends with [DONE]");
     assert!(finish.is_some());
 
-    let models: serde_json::Value = client()
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: serde_json::Value = support::get_json(server.url("/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
-    let health: serde_json::Value = client()
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = support::get_json(server.url("/health")).await;
     assert_eq!(health["status"], "ok");
 
     let log = server.stop();
@@ -318,24 +300,13 @@ async fn an_upstream_chain_works_and_the_key_reaches_only_the_upstream() {
     assert!(!String::from_utf8_lossy(&bytes).contains(KEY));
 
     // A non-streaming call and the model list also pass through.
-    let plain: serde_json::Value = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&chat_body("Hi", 4, false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let plain: serde_json::Value = support::post_json(
+        proxy.url("/v1/chat/completions"),
+        &chat_body("Hi", 4, false),
+    )
+    .await;
     assert_eq!(plain["object"], "chat.completion");
-    let models: serde_json::Value = client()
-        .get(proxy.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: serde_json::Value = support::get_json(proxy.url("/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "SmolLM2-135M-Instruct.Q4_1");
 
     // A proxy holding the wrong key relays the upstream's refusal, not a fake success.

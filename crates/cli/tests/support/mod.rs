@@ -128,3 +128,28 @@ pub fn stream_text(body: &[u8]) -> (String, Option<String>, bool) {
     }
     (text, finish, done)
 }
+
+/// GET `url` and parse the JSON answer.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
+/// POST `body` as JSON to `url` and parse the JSON answer.
+pub async fn post_json(url: impl reqwest::IntoUrl, body: &serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
