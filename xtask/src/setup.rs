@@ -89,3 +89,32 @@ pub fn python_venv(
     std::fs::write(&marker, wanted)?;
     Ok(python)
 }
+
+/// Mesa's lavapipe (Vulkan on the CPU) for the GPU tests: Debian's `mesa-vulkan-drivers` and
+/// `libvulkan1`, installed with apt when its driver manifest is missing.
+pub fn ensure_lavapipe() -> Result<()> {
+    let manifest = Path::new("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json");
+    if manifest.exists() || std::env::consts::OS != "linux" {
+        return Ok(());
+    }
+    step(
+        "installing Mesa's lavapipe Vulkan driver for the GPU tests (apt: mesa-vulkan-drivers libvulkan1)",
+    );
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut cmd = if is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update", "-q"])?;
+    apt(&["install", "-y", "-q", "mesa-vulkan-drivers", "libvulkan1"])
+        .context("installing lavapipe failed: is this a Debian-based machine with apt?")
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}

@@ -15,6 +15,7 @@ pub fn run(root: &Path) -> Result<()> {
     setup::ensure_rust_target("wasm32-unknown-unknown")?;
     setup::run(Command::new("python3").args(["-m", "pip", "--version"]))?;
     fetch_default_model(root)?;
+    setup::ensure_lavapipe()?;
 
     step("cargo fmt --check");
     cargo(root, &["fmt", "--all", "--check"])?;
@@ -31,8 +32,14 @@ pub fn run(root: &Path) -> Result<()> {
         ],
     )?;
 
-    step("cargo test (workspace): unit, parity and CLI tests");
-    cargo(root, &["test", "--workspace"])?;
+    step("cargo test (workspace): unit, parity, GPU (lavapipe) and CLI tests");
+    // GPU tests skip without an adapter elsewhere; here a missing adapter is a failure.
+    setup::run(
+        Command::new(env!("CARGO"))
+            .args(["test", "--workspace"])
+            .env("SELFROUTE_REQUIRE_GPU", "1")
+            .current_dir(root),
+    )?;
     for path in ["avx2", "baseline"] {
         step(&format!(
             "kernel and parity tests again on the {path} path (SELFROUTE_KERNEL={path})"
@@ -45,7 +52,9 @@ pub fn run(root: &Path) -> Result<()> {
         )?;
     }
 
-    step("building selfroute-candle for wasm32-unknown-unknown (the browser's CPU fallback)");
+    step(
+        "building selfroute-candle (the browser's CPU fallback) and selfroute-wgpu (WebGPU) for wasm32-unknown-unknown",
+    );
     cargo(
         root,
         &[
@@ -54,6 +63,8 @@ pub fn run(root: &Path) -> Result<()> {
             "wasm32-unknown-unknown",
             "-p",
             "selfroute-candle",
+            "-p",
+            "selfroute-wgpu",
         ],
     )?;
 

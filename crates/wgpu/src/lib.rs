@@ -1,0 +1,12 @@
+//! selfroute-wgpu: the forward pass in WGSL compute shaders on wgpu, for WebGPU in the browser and
+//! Vulkan/Metal/DX12 natively. One kernel family per `.wgsl` file under `kernels/`.
+//!
+//! This first slice holds the device set-up and the decode matrix-vector kernels for F32 and Q8_0
+//! weights; the rest of the forward pass builds on them.
+
+mod context;
+mod error;
+pub mod matvec;
+
+pub use context::GpuContext;
+pub use error::{GpuError, Result};
