@@ -39,6 +39,52 @@ impl GpuContext {
         })
     }
 
+    /// A storage buffer holding `bytes`, refused beyond the device's binding limit.
+    pub fn storage_buffer(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        use wgpu::util::DeviceExt;
+        let limit = self.limits.max_storage_buffer_binding_size;
+        if bytes.len() as u64 > limit {
+            return Err(GpuError::TooLarge {
+                what: label.to_string(),
+                needed: bytes.len() as u64,
+                limit,
+            });
+        }
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            }))
+    }
+
+    /// An output storage buffer of `len` f32s and a mappable buffer to copy it into.
+    pub fn output_buffers(&self, label: &str, len: usize) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let size = (len * 4) as u64;
+        let limit = self.limits.max_storage_buffer_binding_size;
+        if size > limit {
+            return Err(GpuError::TooLarge {
+                what: label.to_string(),
+                needed: size,
+                limit,
+            });
+        }
+        let out = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok((out, readback))
+    }
+
     /// Waits for submitted work (natively a mapping only resolves while the device is polled).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {

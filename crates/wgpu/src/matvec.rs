@@ -87,21 +87,7 @@ impl WeightMatrix {
 }
 
 fn storage(ctx: &GpuContext, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
-    let limit = ctx.limits.max_storage_buffer_binding_size;
-    if bytes.len() as u64 > limit {
-        return Err(GpuError::TooLarge {
-            what: label.to_string(),
-            needed: bytes.len() as u64,
-            limit,
-        });
-    }
-    Ok(ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        }))
+    ctx.storage_buffer(label, bytes)
 }
 
 #[repr(C)]
@@ -235,18 +221,7 @@ impl MatVec {
         }
         let x_buf = storage(ctx, "x", bytemuck::cast_slice(x))?;
         let size = (w.rows() * 4) as u64;
-        let y_buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("y"),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("y readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let (y_buf, readback) = ctx.output_buffers("y", w.rows())?;
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
