@@ -144,6 +144,53 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// Sets every variable of `model` from `weights` (by name). Everything is checked before anything
+/// is set, so a checkpoint that does not fit leaves the model as it was.
+pub fn load_weights_into(
+    model: &crate::model::TrainableModel,
+    weights: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let vars = model.named_vars()?;
+    if vars.len() != weights.len() {
+        return Err(data_error(
+            path,
+            format!("{} weights for a model of {}", weights.len(), vars.len()),
+        ));
+    }
+    let mut pairs = Vec::with_capacity(vars.len());
+    for (name, var) in vars {
+        let saved = weights
+            .get(&name)
+            .ok_or_else(|| data_error(path, format!("no weight `{name}`")))?;
+        if saved.shape() != var.as_tensor().shape() {
+            return Err(data_error(
+                path,
+                format!("`{name}` has the wrong shape (was it trained from another model?)"),
+            ));
+        }
+        pairs.push((var, saved));
+    }
+    for (var, saved) in pairs {
+        var.set(saved)?;
+    }
+    Ok(())
+}
+
+/// Makes `tmp` (fully written) visible as `path`: flushed to disk, renamed, and the rename itself
+/// persisted where the platform allows, so a crash never leaves half a file under the real name.
+pub fn commit_file(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| data_error(tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| data_error(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Best effort.
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
 /// Appends one line to `path` and flushes it (metrics survive a crash up to the last step).
 pub fn append_line(path: &Path, line: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()

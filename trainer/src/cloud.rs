@@ -80,11 +80,6 @@ impl CloudOracle for SimulatedCloud {
     }
 }
 
-/// A verdict of the task's verifier as "correct".
-pub fn is_correct(verdict: Verdict) -> bool {
-    verdict == Verdict::Correct
-}
-
 /// A real OpenAI-compatible endpoint. Each prompt is sent at most once; the answer and its
 /// verdict are appended to a JSONL cache file, which later runs (and `--resume`) read back.
 pub struct HttpCloud {
@@ -161,10 +156,11 @@ impl CloudOracle for HttpCloud {
         }
         use selfroute_core::CloudClient;
         // The cloud gets the same question the local model got (the original conversation).
-        let content = format!("{} {}", problem.question, task.answer_format());
         let mut request = selfroute_core::openai::ChatRequest::new(
             self.model.clone(),
-            vec![selfroute_core::Message::user(content.trim_end())],
+            vec![selfroute_core::Message::user(crate::train::prompt_text(
+                task, problem,
+            ))],
         );
         request.max_tokens = self.max_tokens;
         let reply = self.runtime.block_on(

@@ -119,10 +119,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         reason: e.to_string(),
     };
     std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::checkpoint::commit_file(&tmp, path)
 }
 
 /// Writes a Hugging Face folder: `config.json`, `model.safetensors` (f32), `tokenizer.json` and

@@ -411,20 +411,7 @@ fn export(args: ExportArgs) -> Result<()> {
         &Device::Cpu,
     )?;
     let checkpoint = selfroute_train::checkpoint::load(&args.checkpoint, DType::F32, &Device::Cpu)?;
-    for (name, var) in model.named_vars()? {
-        let saved = checkpoint
-            .weights
-            .get(&name)
-            .with_context(|| format!("{} has no weight `{name}`", args.checkpoint.display()))?;
-        if saved.shape() != var.as_tensor().shape() {
-            bail!(
-                "{}: `{name}` does not fit {} (was it trained from another model?)",
-                args.checkpoint.display(),
-                args.model.display()
-            );
-        }
-        var.set(saved)?;
-    }
+    selfroute_train::checkpoint::load_weights_into(&model, &checkpoint.weights, &args.checkpoint)?;
     let bytes = gguf_bytes(&model, &source, &[], format)?;
     write_atomically(&args.out, &bytes)?;
     if let Some(dir) = &args.hf {

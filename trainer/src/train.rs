@@ -74,8 +74,19 @@ pub fn prompt_ids(
     task: &dyn Task,
     problem: &Problem,
 ) -> Result<Vec<u32>> {
-    let content = format!("{} {}", problem.question, task.answer_format());
-    Ok(template.encode(&[Message::user(content.trim_end())], true, tokenizer)?)
+    Ok(template.encode(
+        &[Message::user(prompt_text(task, problem))],
+        true,
+        tokenizer,
+    )?)
+}
+
+/// The user message for a problem: its question and the task's answer format. The cloud gets the
+/// same text the local model does.
+pub fn prompt_text(task: &dyn Task, problem: &Problem) -> String {
+    format!("{} {}", problem.question, task.answer_format())
+        .trim_end()
+        .to_string()
 }
 
 pub struct Trainer<'a> {
@@ -195,33 +206,7 @@ impl<'a> Trainer<'a> {
     /// Continues from a checkpoint written by [`Self::save_checkpoint`] for the same model.
     pub fn restore_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
         let checkpoint = crate::checkpoint::load(path, self.model.dtype(), self.model.device())?;
-        let vars = self.model.named_vars()?;
-        if vars.len() != checkpoint.weights.len() {
-            return Err(TrainError::Data {
-                path: path.display().to_string(),
-                reason: format!(
-                    "{} weights for a model of {}",
-                    checkpoint.weights.len(),
-                    vars.len()
-                ),
-            });
-        }
-        for (name, var) in vars {
-            let saved = checkpoint
-                .weights
-                .get(&name)
-                .ok_or_else(|| TrainError::Data {
-                    path: path.display().to_string(),
-                    reason: format!("no weight `{name}`"),
-                })?;
-            if saved.shape() != var.as_tensor().shape() {
-                return Err(TrainError::Data {
-                    path: path.display().to_string(),
-                    reason: format!("`{name}` has the wrong shape"),
-                });
-            }
-            var.set(saved)?;
-        }
+        crate::checkpoint::load_weights_into(&self.model, &checkpoint.weights, path)?;
         let p = checkpoint.position;
         self.optimizer
             .restore(checkpoint.moments, p.optimizer_step)?;
@@ -275,10 +260,6 @@ impl<'a> Trainer<'a> {
                     summary.cloud_correct = self.cloud.is_correct(self.task, problem)?;
                     offload_cloud_correct += usize::from(summary.cloud_correct);
                 }
-            }
-            if !samples.iter().any(Sample::offloaded) {
-                // Needed for D2 only when some response offloaded; not asked otherwise.
-                summary.cloud_correct = false;
             }
             local_correct += summary.local_correct;
             offloads += summary.offloaded;

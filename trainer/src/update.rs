@@ -7,8 +7,8 @@
 //! the same as the clipped objective's.
 //! Only the local response's tokens (the offload or stop token included) carry gradient.
 
+use candle_core::Tensor;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor};
 
 use crate::algo::Algo;
 use crate::error::Result;
@@ -91,18 +91,4 @@ fn add_grads(model: &TrainableModel, total: &mut Option<GradStore>, new: GradSto
         }
     }
     Ok(())
-}
-
-/// Mean token log-prob of responses under the current model (no gradient), for tests.
-pub fn mean_log_prob(model: &TrainableModel, prompt: &[u32], response: &[u32]) -> Result<f64> {
-    let full: Vec<u32> = prompt.iter().chain(response).copied().collect();
-    let device = model.device();
-    let input = Tensor::new(&full[..full.len() - 1], device)?.unsqueeze(0)?;
-    let target = Tensor::new(&full[1..], device)?.unsqueeze(0)?;
-    let lp = token_log_probs(&model.forward(&input)?.detach(), &target)?
-        .squeeze(0)?
-        .to_dtype(DType::F64)?
-        .to_vec1::<f64>()?;
-    let resp = &lp[prompt.len() - 1..];
-    Ok(resp.iter().sum::<f64>() / resp.len().max(1) as f64)
 }

@@ -25,12 +25,7 @@ pub fn cpu(root: &Path, args: &[&str]) -> Result<()> {
         bail!("`bench cpu` takes no arguments, got {args:?}");
     }
     let model = fetch_default_model(root)?;
-    let python = setup::python_venv(
-        root,
-        "llama-cpp-venv",
-        &[LLAMA_CPP_SERVER, "numpy"],
-        &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
-    )?;
+    let python = llama_cpp_python(root)?;
     step("building selfroute's cpu_bench (release)");
     cargo(
         root,
@@ -84,6 +79,17 @@ pub fn cpu(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The Python of the venv holding llama-cpp-python with its server extras, built once and
+/// shared by both benches.
+fn llama_cpp_python(root: &Path) -> Result<std::path::PathBuf> {
+    setup::python_venv(
+        root,
+        "llama-cpp-venv",
+        &[LLAMA_CPP_SERVER, "numpy"],
+        &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
+    )
+}
+
 fn json_line(cmd: &mut Command) -> Result<Value> {
     let out = setup::output(cmd)?;
     let line = out.lines().last().context("benchmark printed nothing")?;
@@ -109,13 +115,7 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
         bail!("`bench serve` takes no arguments, got {args:?}");
     }
     let model = fetch_default_model(root)?;
-    // Same venv as `bench cpu`: the server extras are added to the llama.cpp already built there.
-    let python = setup::python_venv(
-        root,
-        "llama-cpp-venv",
-        &[LLAMA_CPP_SERVER, "numpy"],
-        &[("CMAKE_ARGS", LLAMA_CPP_CMAKE_ARGS)],
-    )?;
+    let python = llama_cpp_python(root)?;
     step("building selfroute and the load generator (release)");
     cargo(
         root,

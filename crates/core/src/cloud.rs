@@ -120,12 +120,7 @@ impl CloudError {
 }
 
 fn excerpt(text: &str) -> String {
-    const MAX_CHARS: usize = 200;
-    let mut out: String = text.trim().chars().take(MAX_CHARS).collect();
-    if out.len() < text.trim().len() {
-        out.push('…');
-    }
-    out
+    crate::openai::excerpt_chars(text.trim(), 200)
 }
 
 /// Bounded retries with exponential backoff, honouring `Retry-After` up to a limit.

@@ -277,8 +277,12 @@ fn parse_json<T: DeserializeOwned>(text: &str, what: &'static str) -> Result<T, 
 
 /// The start of a payload for an error message (whole characters, at most 80).
 fn excerpt(text: &str) -> String {
-    const MAX_CHARS: usize = 80;
-    let mut out: String = text.chars().take(MAX_CHARS).collect();
+    excerpt_chars(text, 80)
+}
+
+/// The first `max_chars` characters of `text`, with an ellipsis when something was cut.
+pub(crate) fn excerpt_chars(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).collect();
     if out.len() < text.len() {
         out.push('…');
     }

@@ -46,7 +46,7 @@ impl WeightMatrix {
                 data.len()
             )));
         }
-        let weights = storage(ctx, "weights f32", bytemuck::cast_slice(data))?;
+        let weights = ctx.storage_buffer("weights f32", bytemuck::cast_slice(data))?;
         Ok(Self::F32 {
             weights,
             rows,
@@ -78,16 +78,12 @@ impl WeightMatrix {
             }
         }
         Ok(Self::Q8_0 {
-            quants: storage(ctx, "weights q8_0", bytemuck::cast_slice(&words))?,
-            scales: storage(ctx, "scales q8_0", bytemuck::cast_slice(&scales))?,
+            quants: ctx.storage_buffer("weights q8_0", bytemuck::cast_slice(&words))?,
+            scales: ctx.storage_buffer("scales q8_0", bytemuck::cast_slice(&scales))?,
             rows,
             cols,
         })
     }
-}
-
-fn storage(ctx: &GpuContext, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
-    ctx.storage_buffer(label, bytes)
 }
 
 #[repr(C)]
@@ -219,7 +215,7 @@ impl MatVec {
                 w.cols()
             )));
         }
-        let x_buf = storage(ctx, "x", bytemuck::cast_slice(x))?;
+        let x_buf = ctx.storage_buffer("x", bytemuck::cast_slice(x))?;
         let size = (w.rows() * 4) as u64;
         let (y_buf, readback) = ctx.output_buffers("y", w.rows())?;
         let mut encoder = ctx

@@ -4,33 +4,13 @@
 //! With SELFROUTE_REQUIRE_GPU=1 (set by `cargo xtask test`) a missing adapter fails the tests;
 //! elsewhere they are skipped with the reason.
 
+mod support;
+
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
+use selfroute_wgpu::GpuError;
 use selfroute_wgpu::matvec::{MatVec, WeightMatrix};
-use selfroute_wgpu::{GpuContext, GpuError};
-
-fn context() -> Option<GpuContext> {
-    match pollster::block_on(GpuContext::new()) {
-        Ok(ctx) => {
-            eprintln!("adapter: {}", ctx.adapter_name);
-            Some(ctx)
-        }
-        Err(e) if std::env::var_os("SELFROUTE_REQUIRE_GPU").is_some() => {
-            panic!("SELFROUTE_REQUIRE_GPU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = selfroute_core::rng::SplitMix64::new(seed);
-    (0..n)
-        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
-        .collect()
-}
+use support::{context, random};
 
 fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f64> {
     (0..rows)
@@ -67,8 +47,8 @@ fn f32_matvec_matches_the_cpu_on_awkward_shapes() {
         (3, 1536),
         (70_000, 8),
     ] {
-        let w = random(rows * cols, rows as u64 * 31 + cols as u64);
-        let x = random(cols, 7);
+        let w = random(rows * cols, rows as u64 * 31 + cols as u64, 1.0);
+        let x = random(cols, 7, 1.0);
         let matrix = WeightMatrix::from_f32(&ctx, &w, rows, cols).unwrap();
         let got = pollster::block_on(mv.run(&ctx, &matrix, &x)).unwrap();
         assert_close(
@@ -84,7 +64,7 @@ fn q8_0_matvec_matches_candles_dequantization() {
     let Some(ctx) = context() else { return };
     let mv = MatVec::new(&ctx);
     for (rows, cols) in [(1, 32), (65, 64), (3, 576), (1000, 96), (577, 1536)] {
-        let w = random(rows * cols, rows as u64 + 3 * cols as u64);
+        let w = random(rows * cols, rows as u64 + 3 * cols as u64, 1.0);
         let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
         let bytes = q.data().unwrap();
@@ -95,7 +75,7 @@ fn q8_0_matvec_matches_candles_dequantization() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let x = random(cols, 11);
+        let x = random(cols, 11, 1.0);
         let matrix = WeightMatrix::from_q8_0(&ctx, &bytes, rows, cols).unwrap();
         let got = pollster::block_on(mv.run(&ctx, &matrix, &x)).unwrap();
         assert_close(

@@ -1,36 +1,19 @@
 //! RMSNorm on the GPU against an f64 CPU reference, on widths that are and are not multiples of
 //! the workgroup size (SmolLM2's 576 among them).
 
+mod support;
+
+use selfroute_wgpu::GpuError;
 use selfroute_wgpu::rmsnorm::RmsNorm;
-use selfroute_wgpu::{GpuContext, GpuError};
-
-fn context() -> Option<GpuContext> {
-    match pollster::block_on(GpuContext::new()) {
-        Ok(ctx) => Some(ctx),
-        Err(e) if std::env::var_os("SELFROUTE_REQUIRE_GPU").is_some() => {
-            panic!("SELFROUTE_REQUIRE_GPU is set but: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = selfroute_core::rng::SplitMix64::new(seed);
-    (0..n)
-        .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
-        .collect()
-}
+use support::{context, random};
 
 #[test]
 fn rmsnorm_matches_an_f64_reference() {
     let Some(ctx) = context() else { return };
     let norm = RmsNorm::new(&ctx);
     for (rows, cols) in [(1, 1), (3, 576), (5, 70), (2, 1536), (17, 64)] {
-        let x = random(rows * cols, cols as u64);
-        let w = random(cols, 99);
+        let x = random(rows * cols, cols as u64, 2.0);
+        let w = random(cols, 99, 2.0);
         let eps = 1e-5f32;
         let got = pollster::block_on(norm.run(&ctx, &x, &w, eps)).unwrap();
         for r in 0..rows {
