@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each installs what it needs and says what it does.
 
 mod bench;
+mod bench_gpu;
 mod fetch_model;
 mod fuzz;
 mod setup;
@@ -15,7 +16,8 @@ commands:
   demo          fetch the model, build selfroute and start an interactive chat
   test          everything CI runs: set-up, format and lint checks, tests, wasm build, fuzz smoke run
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
-  bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server";
+  bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server
+  bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +43,7 @@ fn run(args: &[String]) -> Result<()> {
         ["test"] => test::run(&root),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
+        ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

@@ -39,6 +39,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     );
     let loaded = load::load(&args.model)?;
     let load_ms = loaded.load_ms;
+    let engine = loaded.model.describe();
     let mut assistant = routing::build(loaded, &args.routing, args.sampling.params())?;
     // The session's futures are not Send (the browser runs the same code), so one thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -50,7 +51,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         .map(|s| Message::system(s.clone()))
         .collect();
     eprintln!(
-        "ready in {:.1} s; {}. Type a message; /reset starts over, /exit or Ctrl-D quits.",
+        "ready in {:.1} s on {engine}; {}. Type a message; /reset starts over, /exit or Ctrl-D quits.",
         load_ms / 1e3,
         routing::describe(&assistant)
     );

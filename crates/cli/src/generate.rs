@@ -34,6 +34,7 @@ pub struct GenerateArgs {
 #[derive(Serialize)]
 struct JsonOutput<'a> {
     model: String,
+    engine: String,
     prompt_tokens: usize,
     completion_tokens: usize,
     text: &'a str,
@@ -71,6 +72,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         tokenizer.encode_literal(&args.prompt)?
     };
     let params = args.sampling.params();
+    let engine = loaded.model.describe();
     let mut generator = Generator::new(loaded.model);
     let started = Instant::now();
     let mut first_token_at = None;
@@ -107,6 +109,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if json {
         let out = JsonOutput {
             model: loaded.path.display().to_string(),
+            engine,
             prompt_tokens: generation.prompt_tokens,
             completion_tokens: generation.tokens.len(),
             text: &generation.text,
@@ -118,7 +121,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         writeln!(stdout)?;
         eprintln!(
-            "[{} prompt + {} new tokens, first token {:.0} ms, {:.1} tok/s, {:?}]",
+            "[{} prompt + {} new tokens, first token {:.0} ms, {:.1} tok/s, {:?}, {engine}]",
             generation.prompt_tokens,
             generation.tokens.len(),
             timings.time_to_first_token_ms,

@@ -4,17 +4,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use selfroute_candle::CandleModel;
 use selfroute_core::{ModelPackage, SourceName};
+use selfroute_wgpu::{GpuContext, GpuModel, GpuOptions};
 
-use crate::options::ModelArgs;
+use crate::engine::Engine;
+use crate::options::{Device, ModelArgs};
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 pub struct LoadedModel {
     pub package: ModelPackage,
-    pub model: CandleModel,
+    pub model: Engine,
     pub path: PathBuf,
     pub load_ms: f64,
 }
@@ -53,8 +54,32 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let started = Instant::now();
     let package = read_package(&path)?;
-    let model = CandleModel::load(&package.config, package.weights.as_ref(), &Device::Cpu)
-        .with_context(|| format!("loading {} into the CPU engine", path.display()))?;
+    let model = match args.device {
+        Device::Cpu => Engine::Cpu(Box::new(
+            CandleModel::load(
+                &package.config,
+                package.weights.as_ref(),
+                &candle_core::Device::Cpu,
+            )
+            .with_context(|| format!("loading {} into the CPU engine", path.display()))?,
+        )),
+        Device::Gpu => {
+            let ctx = pollster::block_on(GpuContext::new())
+                .context("starting the GPU engine (try --device cpu)")?;
+            let options = GpuOptions {
+                max_context: args.gpu_context,
+                ..GpuOptions::default()
+            };
+            let model = pollster::block_on(GpuModel::load(
+                ctx,
+                &package.config,
+                package.weights.as_ref(),
+                &options,
+            ))
+            .with_context(|| format!("loading {} into the GPU engine", path.display()))?;
+            Engine::Gpu(Box::new(model))
+        }
+    };
     Ok(LoadedModel {
         package,
         model,

@@ -15,6 +15,21 @@ pub struct ModelArgs {
     /// CPU threads for the forward pass (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Where the forward pass runs: `cpu` (candle) or `gpu` (WGSL on Vulkan, Metal or DX12;
+    /// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` pick among several).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+
+    /// With --device gpu: positions the GPU KV cache holds (the model's context if smaller).
+    #[arg(long, default_value_t = 4096)]
+    pub gpu_context: usize,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Gpu,
 }
 
 #[derive(Args, Debug, Clone)]

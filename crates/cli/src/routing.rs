@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::engine::Engine;
 use anyhow::{Context, Result};
 use clap::Args;
-use selfroute_candle::CandleModel;
 use selfroute_cloud::{CloudConfig, HttpCloudClient};
 use selfroute_core::assistant::default_offload_instruction;
 use selfroute_core::{
@@ -69,7 +69,7 @@ pub struct RoutingArgs {
     pub send_local_draft: bool,
 }
 
-pub type LocalAssistant = Assistant<CandleModel, HttpCloudClient>;
+pub type LocalAssistant = Assistant<Engine, HttpCloudClient>;
 
 /// What kind of routing a session does, for the start-up message.
 pub fn describe(assistant: &LocalAssistant) -> String {

@@ -194,3 +194,59 @@ fn a_hugging_face_folder_loads_and_generates() {
     assert_eq!(json["completion_tokens"], 3);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--device gpu` runs the WGSL engine (lavapipe in CI) with its sampler on the GPU; with the same
+/// seed it must give the CPU engine's tokens, sampled as well as greedy.
+#[test]
+fn generate_on_the_gpu_gives_the_cpu_engines_tokens() {
+    let run = |device: &str, sampling: &[&str]| {
+        let out = selfroute()
+            .args([
+                "generate",
+                "--chat",
+                "--prompt",
+                "Name three colours.",
+                "--max-tokens",
+                "16",
+                "--json",
+                "--device",
+                device,
+            ])
+            .args(sampling)
+            .arg("--model")
+            .arg(model())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), out.stdout, stderr)
+    };
+    let greedy: &[&str] = &[];
+    let sampled: &[&str] = &[
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+    ];
+    for sampling in [greedy, sampled] {
+        let (ok, stdout, stderr) = run("gpu", sampling);
+        if !ok
+            && stderr.contains("no GPU adapter")
+            && std::env::var_os("SELFROUTE_REQUIRE_GPU").is_none()
+        {
+            eprintln!("skipping: {stderr}");
+            return;
+        }
+        assert!(ok, "{stderr}");
+        let gpu: serde_json::Value = serde_json::from_slice(&stdout).expect("one JSON object");
+        assert!(gpu["engine"].as_str().unwrap().starts_with("GPU"), "{gpu}");
+        let (ok, stdout, stderr) = run("cpu", sampling);
+        assert!(ok, "{stderr}");
+        let cpu: serde_json::Value = serde_json::from_slice(&stdout).expect("one JSON object");
+        assert_eq!(gpu["token_ids"], cpu["token_ids"], "sampling {sampling:?}");
+        assert_eq!(gpu["completion_tokens"], 16);
+    }
+}

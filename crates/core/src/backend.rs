@@ -32,6 +32,25 @@ impl Logits {
     }
 }
 
+/// How to pick the next token from the last row of logits, handed to a backend that can pick it
+/// where the logits are (a GPU reads back one id instead of the whole vocabulary).
+///
+/// `uniform` is the random number in [0, 1) the draw uses, taken from the generation loop's seeded
+/// RNG, so a device pick and the CPU [`crate::Sampler`] given the same seed choose the same token
+/// (up to float rounding at the boundary of a cut).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenPick<'a> {
+    /// 0 means greedy (the first maximum).
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1.0 means no nucleus cut.
+    pub top_p: f32,
+    pub uniform: f64,
+    /// Added to logits before picking (negative infinity forbids a token).
+    pub logit_bias: &'a [(u32, f32)],
+}
+
 /// A model instance with its KV cache.
 ///
 /// `forward` is async because in the browser a GPU readback can only be awaited; CPU engines
@@ -47,6 +66,29 @@ pub trait Backend {
         start_pos: usize,
         want: LogitsFor,
     ) -> impl Future<Output = Result<Logits>>;
+
+    /// Like `forward` with [`LogitsFor::Last`], then picks the next token on the device. Only
+    /// called when [`Backend::picks_on_device`] is true; engines without a device sampler keep
+    /// this default, which says so.
+    fn forward_pick(
+        &mut self,
+        tokens: &[u32],
+        start_pos: usize,
+        pick: &TokenPick<'_>,
+    ) -> impl Future<Output = Result<u32>> {
+        let _ = (tokens, start_pos, pick);
+        async {
+            Err(crate::error::Error::Backend(
+                "this engine cannot pick tokens on its device".into(),
+            ))
+        }
+    }
+
+    /// Whether `forward_pick` is available. The loop still uses `forward` and the CPU sampler for
+    /// settings a device pick cannot express (a repetition penalty needs the history).
+    fn picks_on_device(&self) -> bool {
+        false
+    }
 
     /// Keeps the first `len` cached positions and forgets the rest (0 clears the cache).
     fn truncate_cache(&mut self, len: usize);

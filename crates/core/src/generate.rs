@@ -135,26 +135,35 @@ impl<B: Backend> Generator<B> {
         self.backend.truncate_cache(common);
         self.cached.truncate(common);
 
+        // Sampling where the logits are when the engine can: a GPU then reads back one id.
+        let on_device = self.backend.picks_on_device();
         let chunk = params.prefill_chunk.max(1);
-        let mut logits = None;
+        let last_chunk = common + (prompt.len() - 1 - common) / chunk * chunk;
         let mut pos = common;
-        while pos < prompt.len() {
-            let end = (pos + chunk).min(prompt.len());
+        while pos < last_chunk {
+            let end = pos + chunk;
             let step = self
                 .backend
                 .forward(&prompt[pos..end], pos, LogitsFor::Last)
                 .await;
-            let step = match step {
-                Ok(l) => l,
-                Err(e) => {
-                    self.forget_cache();
-                    return Err(e);
-                }
-            };
+            if let Err(e) = step {
+                self.forget_cache();
+                return Err(e);
+            }
             self.cached.extend_from_slice(&prompt[pos..end]);
-            logits = Some(step);
             pos = end;
         }
+        let first = self
+            .next_token(&prompt[pos..], pos, &mut sampler, params, prompt, on_device)
+            .await;
+        let mut pending = match first {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.forget_cache();
+                return Err(e);
+            }
+        };
+        self.cached.extend_from_slice(&prompt[pos..]);
 
         let stop_tokens: Vec<u32> = tokenizer
             .stop_token_ids()
@@ -176,18 +185,9 @@ impl<B: Backend> Generator<B> {
                 out.finish_reason = FinishReason::Length;
                 break;
             }
-            let Some(mut current) = logits.take() else {
+            let Some(next) = pending.take() else {
                 break;
             };
-            let row = current
-                .last_row_mut()
-                .ok_or_else(|| Error::Backend("backend returned no logits".into()))?;
-            for &(id, bias) in &params.logit_bias {
-                if let Some(l) = row.get_mut(id as usize) {
-                    *l += bias;
-                }
-            }
-            let next = sampler.sample(row, &history)?;
             if stop_tokens.contains(&next) {
                 out.finish_reason = FinishReason::Stop;
                 break;
@@ -212,14 +212,20 @@ impl<B: Backend> Generator<B> {
             if out.tokens.len() >= params.max_new_tokens {
                 continue;
             }
-            match self
-                .backend
-                .forward(&[next], history.len() - 1, LogitsFor::Last)
-                .await
-            {
-                Ok(l) => {
+            let step = self
+                .next_token(
+                    &[next],
+                    history.len() - 1,
+                    &mut sampler,
+                    params,
+                    &history,
+                    on_device,
+                )
+                .await;
+            match step {
+                Ok(t) => {
                     self.cached.push(next);
-                    logits = Some(l);
+                    pending = Some(t);
                 }
                 Err(e) => {
                     self.forget_cache();
@@ -238,6 +244,32 @@ impl<B: Backend> Generator<B> {
             });
         }
         Ok(out)
+    }
+
+    /// Runs `tokens` and chooses the token after them, on the device when it can pick with these
+    /// settings, else from the logits on the host; either way one RNG draw per sampled token.
+    async fn next_token(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        sampler: &mut Sampler,
+        params: &GenerationParams,
+        history: &[u32],
+        on_device: bool,
+    ) -> Result<u32> {
+        if on_device && let Some(pick) = sampler.device_pick(&params.logit_bias) {
+            return self.backend.forward_pick(tokens, pos, &pick).await;
+        }
+        let mut logits = self.backend.forward(tokens, pos, LogitsFor::Last).await?;
+        let row = logits
+            .last_row_mut()
+            .ok_or_else(|| Error::Backend("backend returned no logits".into()))?;
+        for &(id, bias) in &params.logit_bias {
+            if let Some(l) = row.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        sampler.sample(row, history)
     }
 
     fn forget_cache(&mut self) {

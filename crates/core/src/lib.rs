@@ -20,7 +20,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use assistant::{Assistant, ChatOutcome, LocalReason, Route, RouteEvent, RoutingConfig};
-pub use backend::{Backend, Logits, LogitsFor};
+pub use backend::{Backend, Logits, LogitsFor, TokenPick};
 pub use budget::CloudBudget;
 pub use chat::{ChatTemplate, Message, Role};
 pub use cloud::{CloudClient, CloudCompletion, CloudError, CloudReply, NoCloud, RetryPolicy};

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::TokenPick;
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
@@ -84,6 +85,28 @@ impl Sampler {
 
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// The same choice as [`Sampler::sample`], expressed for a device that holds the logits: the
+    /// random draw is taken here, exactly as `sample` would take it, so the RNG stream (and so
+    /// every later token) is the same on either path. None when the settings need the history on
+    /// the host (a repetition penalty).
+    pub fn device_pick<'a>(&mut self, logit_bias: &'a [(u32, f32)]) -> Option<TokenPick<'a>> {
+        if self.params.repetition_penalty != 1.0 {
+            return None;
+        }
+        let uniform = if self.params.temperature == 0.0 {
+            0.0
+        } else {
+            self.rng.next_f64()
+        };
+        Some(TokenPick {
+            temperature: self.params.temperature,
+            top_k: self.params.top_k,
+            top_p: self.params.top_p,
+            uniform,
+            logit_bias,
+        })
     }
 
     /// Picks the next token. `logits` may be modified (penalties are applied in place).

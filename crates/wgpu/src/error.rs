@@ -1,6 +1,6 @@
 //! What can go wrong on the GPU side, in words a user can act on.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GpuError {
     #[error("no GPU adapter is available: {0}")]
     NoAdapter(String),
@@ -8,6 +8,12 @@ pub enum GpuError {
     Device(String),
     #[error("the GPU device was lost or ran out of memory: {0}")]
     DeviceLost(String),
+    #[error("the GPU ran out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("the GPU rejected a command (a bug in selfroute-wgpu; please report it): {0}")]
+    Validation(String),
+    #[error("this model cannot run on the GPU engine: {0}")]
+    Unsupported(String),
     #[error("reading results back from the GPU failed: {0}")]
     Readback(String),
     #[error("{what} needs {needed} bytes, more than this device's limit of {limit}")]
@@ -21,3 +27,9 @@ pub enum GpuError {
 }
 
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
+
+impl From<GpuError> for selfroute_core::Error {
+    fn from(e: GpuError) -> Self {
+        selfroute_core::Error::Backend(Box::new(e))
+    }
+}

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::engine::Engine;
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
-use selfroute_candle::CandleModel;
 use selfroute_core::offload::mask_offload;
 use selfroute_core::openai::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
@@ -209,7 +209,7 @@ impl LocalEngine {
 
 /// The worker loop: one job at a time, in arrival order.
 fn work(
-    mut generator: Generator<CandleModel>,
+    mut generator: Generator<Engine>,
     tokenizer: &Tokenizer,
     mut jobs: mpsc::Receiver<Job>,
     queued: &AtomicUsize,

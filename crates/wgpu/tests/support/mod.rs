@@ -27,3 +27,60 @@ pub fn random(n: usize, seed: u64, scale: f64) -> Vec<f32> {
         .map(|_| ((rng.next_f64() * 2.0 - 1.0) * scale) as f32)
         .collect()
 }
+
+/// A read-only storage buffer holding `values` (a kernel's input).
+pub fn input_buffer(ctx: &GpuContext, label: &str, values: &[f32]) -> wgpu::Buffer {
+    ctx.storage_buffer(label, bytemuck::cast_slice(values))
+        .expect("input buffer")
+}
+
+/// A read-write storage buffer holding `values` (a kernel's output, or one it updates): start
+/// outputs with sentinel values to see what a kernel leaves untouched.
+pub fn output_buffer(ctx: &GpuContext, label: &str, values: &[f32]) -> wgpu::Buffer {
+    let buffer = ctx
+        .scratch_buffer(label, (values.len() * 4) as u64)
+        .expect("output buffer");
+    ctx.queue
+        .write_buffer(&buffer, 0, bytemuck::cast_slice(values));
+    buffer
+}
+
+/// Records `encode` in one compute pass, submits it and reads back the whole of each of `read`
+/// (buffers from `output_buffer`) as f32s. Panics on any error wgpu reported.
+pub fn run_pass(
+    ctx: &GpuContext,
+    encode: impl FnOnce(&mut wgpu::ComputePass<'_>),
+    read: &[&wgpu::Buffer],
+) -> Vec<Vec<f32>> {
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        encode(&mut pass);
+    }
+    let readbacks: Vec<wgpu::Buffer> = read
+        .iter()
+        .map(|b| {
+            let rb = ctx.readback_buffer("readback", b.size());
+            enc.copy_buffer_to_buffer(b, 0, &rb, 0, b.size());
+            rb
+        })
+        .collect();
+    ctx.queue.submit([enc.finish()]);
+    readbacks
+        .iter()
+        .map(|rb| pollster::block_on(ctx.read_f32(rb)).expect("readback"))
+        .collect()
+}
+
+/// Asserts `|got - want| <= tol * (1 + |want|)` element by element (NaN fails) and returns the
+/// worst `|got - want| / (1 + |want|)`, for the test to report.
+pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = 0.0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (f64::from(*g) - w).abs() / (1.0 + w.abs());
+        assert!(err <= tol, "{what}: [{i}] got {g}, want {w}");
+        worst = worst.max(err);
+    }
+    worst
+}
