@@ -101,9 +101,11 @@ pub struct BoundLinear {
 
 impl LinearKernels {
     pub fn new(ctx: &GpuContext) -> Self {
-        let threads_per_row = if ctx.is_cpu() { 1 } else { 16 };
-        let matvec_rows = 64 / threads_per_row;
-        let threads = format!("const MV_THREADS: u32 = {threads_per_row}u;\n");
+        let (threads_per_row, rows_per_thread) = if ctx.is_cpu() { (1, 4) } else { (16, 1) };
+        let matvec_rows = 64 / threads_per_row * rows_per_thread;
+        let threads = format!(
+            "const MV_THREADS: u32 = {threads_per_row}u;\nconst MV_ROWS: u32 = {rows_per_thread}u;\n"
+        );
         let layout = kernel::layout(
             ctx,
             "linear",

@@ -1,7 +1,7 @@
 // y = x W^T for a weight matrix W [rows, cols] in any of quant.wgsl's formats, kept quantized.
-// `matvec` serves decode (one token): MV_THREADS invocations per row (set by the host per
-// adapter: 16 on GPUs so a row is read in coalesced runs, 1 on CPU adapters such as lavapipe,
-// where barriers and small workgroups are what costs), 64 / MV_THREADS rows per workgroup.
+// `matvec` serves decode (one token): MV_THREADS invocations per row and MV_ROWS rows per
+// invocation, set by the host per adapter: 16 x 1 on GPUs so a row is read in coalesced runs,
+// 1 x 4 on CPU adapters such as lavapipe, where barriers cost and x is best loaded once per 4 rows.
 // `matmul` serves prefill: 64 rows x 64 tokens per workgroup, staged through workgroup memory
 // 16 columns at a time (8 KiB of the 16 KiB WebGPU guarantees), 4 x 4 outputs per invocation.
 // A prologue fused into the read of x saves the dispatch (and the round trip through memory) of
@@ -98,10 +98,10 @@ fn x4(c: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
 
-// One 32-value block of a quantized row against x, the scale applied once per block.
-fn block_dot(row: u32, b: u32) -> f32 {
+// One 32-value block of a quantized row against the block of x in `xb`, the scale applied once
+// per block.
+fn block_dot(row: u32, b: u32, xb: array<vec4<f32>, 8>) -> f32 {
     let blocks = dims.cols / 32u;
-    let c0 = b * 32u;
     if (FORMAT == FORMAT_Q8_0) {
         let base = (row * blocks + b) * 9u;
         var acc = 0.0;
@@ -109,7 +109,7 @@ fn block_dot(row: u32, b: u32) -> f32 {
             let q = i32(w[base + 1u + i]);
             let v = vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)),
                 f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u)));
-            acc = acc + dot(v, x4(c0 + 4u * i));
+            acc = acc + dot(v, xb[i]);
         }
         return acc * bitcast<f32>(w[base]);
     }
@@ -124,17 +124,18 @@ fn block_dot(row: u32, b: u32) -> f32 {
             f32((word >> 24u) & 15u));
         let hi = vec4<f32>(f32((word >> 4u) & 15u), f32((word >> 12u) & 15u),
             f32((word >> 20u) & 15u), f32(word >> 28u));
-        let xl = x4(c0 + 4u * i);
-        let xh = x4(c0 + 16u + 4u * i);
-        acc = acc + dot(lo, xl) + dot(hi, xh);
-        xsum = xsum + dot(xl + xh, vec4<f32>(1.0));
+        acc = acc + dot(lo, xb[i]) + dot(hi, xb[i + 4u]);
+        xsum = xsum + dot(xb[i] + xb[i + 4u], vec4<f32>(1.0));
     }
     return dm.x * acc + dm.y * xsum;
 }
 
+// Each invocation computes MV_ROWS rows (set by the host: several on CPU adapters, so each block
+// of x is loaded once for all of them), 64 / MV_THREADS apart so neighbours read neighbouring rows.
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let row = (wid.x + wid.y * dims.groups_x) * (64u / MV_THREADS) + lid / MV_THREADS;
+    let stride = 64u / MV_THREADS;
+    let first = (wid.x + wid.y * dims.groups_x) * stride * MV_ROWS + lid / MV_THREADS;
     let t = lid % MV_THREADS;
     if (is_staged()) {
         let base = x_row(0u) * x_stride();
@@ -152,34 +153,56 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
     }
-    var sum = 0.0;
-    if (row < dims.rows) {
-        if (FORMAT == FORMAT_Q8_0 || FORMAT == FORMAT_Q4_1) {
-            for (var b = t; b < dims.cols / 32u; b = b + MV_THREADS) {
-                sum = sum + block_dot(row, b);
+    var sums = array<f32, MV_ROWS>();
+    if (FORMAT == FORMAT_Q8_0 || FORMAT == FORMAT_Q4_1) {
+        for (var b = t; b < dims.cols / 32u; b = b + MV_THREADS) {
+            // Q4_1 pairs value j with j + 16, so the block is kept in value order.
+            var xb: array<vec4<f32>, 8>;
+            for (var i = 0u; i < 8u; i = i + 1u) {
+                xb[i] = x4(b * 32u + 4u * i);
             }
-        } else {
-            for (var c = t * 4u; c < dims.cols; c = c + 4u * MV_THREADS) {
-                sum = sum + dot(load4(row, c, dims.cols), x4(c));
+            for (var k = 0u; k < MV_ROWS; k = k + 1u) {
+                let row = first + k * stride;
+                if (row < dims.rows) {
+                    sums[k] = sums[k] + block_dot(row, b, xb);
+                }
+            }
+        }
+    } else {
+        for (var c = t * 4u; c < dims.cols; c = c + 4u * MV_THREADS) {
+            let xv = x4(c);
+            for (var k = 0u; k < MV_ROWS; k = k + 1u) {
+                let row = first + k * stride;
+                if (row < dims.rows) {
+                    sums[k] = sums[k] + dot(load4(row, c, dims.cols), xv);
+                }
             }
         }
     }
     if (MV_THREADS == 1u) {
-        if (row < dims.rows) {
-            store(0u, row, sum);
+        for (var k = 0u; k < MV_ROWS; k = k + 1u) {
+            let row = first + k * stride;
+            if (row < dims.rows) {
+                store(0u, row, sums[k]);
+            }
         }
         return;
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var s = MV_THREADS / 2u; s > 0u; s = s / 2u) {
-        if (t < s) {
-            partial[lid] = partial[lid] + partial[lid + s];
+    // Several invocations share a row: reduce each row's partial sums in workgroup memory.
+    for (var k = 0u; k < MV_ROWS; k = k + 1u) {
+        partial[lid] = sums[k];
+        workgroupBarrier();
+        for (var s = MV_THREADS / 2u; s > 0u; s = s / 2u) {
+            if (t < s) {
+                partial[lid] = partial[lid] + partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        let row = first + k * stride;
+        if (t == 0u && row < dims.rows) {
+            store(0u, row, partial[lid]);
         }
         workgroupBarrier();
-    }
-    if (t == 0u && row < dims.rows) {
-        store(0u, row, partial[lid]);
     }
 }
 

@@ -13,13 +13,13 @@
 //
 // Masses are summed as 64-bit fixed point (40 fraction bits, in u32 pairs), not in f32: the CPU
 // sums in f64, and deep in a long tail one token weighs less than an f32 ulp of the running sum,
-// so f32 sums would move the draw to a neighbour now and then; and the usual compensated-sum
-// tricks are folded away by shader compilers (Mesa does), while integer sums are exact, the same
-// in every order and on every device. A mass at or below 2^-17 is the one rounded (by < 2^-41).
-// exp is computed here to within a hundredth of an ulp before its rounding, rather than with the
-// built-in (Vulkan allows 3 + 2|x| ulp, and lavapipe's errs high by 1e-7 on average, enough to
-// shift a draw in a tail of thousands of tokens); so the GPU weights are the CPU's f32 weights
-// bar rare last-bit differences in either direction.
+// so f32 sums move the draw to a neighbour now and then; compensated f32 sums are no way out, as
+// shader compilers fold the compensation away (Mesa does), while integer sums are exact and the
+// same in any order on any device. Only masses below 2^-17 are rounded (by at most 2^-41). exp
+// is computed here from a table, not with the built-in: Vulkan allows the built-in 3 + 2|x| ulp,
+// and lavapipe's agrees with the CPU's expf on 10% of inputs and errs high by 2.6e-7 on average,
+// which over thousands of tail tokens moves the draw; this one agrees on 99.8% of inputs in
+// [-30, 0], off by one ulp either way on the rest.
 //
 // Three entry points share one bind group:
 // - `sample_keys` (one workgroup per CHUNK logits): adds the bias, scales, writes each logit's key
@@ -212,10 +212,10 @@ fn sample_keys(
 }
 
 // exp(x) for x <= 0, correctly rounded but for exact values within about 0.02 ulp of a rounding
-// boundary: x = (64 n + j) ln2 / 64 + r with the reduction exact (ln2 / 64 in three parts, the
-// first two short enough that n times them is exact), 2^(j / 64) from the table as hi + lo, and
-// a degree-4 polynomial for |r| <= ln2 / 128; only the final addition rounds at the result's
-// scale.
+// boundary: x = n ln2 / 64 + r with |r| <= ln2 / 128, the reduction exact (ln2 / 64 in three
+// parts, the first two short enough that n times them is exact); exp(x) = 2^(n >> 6) x
+// 2^(j / 64) x exp(r) with j = n mod 64, 2^(j / 64) from the table as hi + lo, and exp(r) - 1 by
+// a degree-4 polynomial, so only the final addition rounds at the result's scale.
 fn exp_nonpositive(x: f32) -> f32 {
     // Below ln(2^-150) the result rounds to 0 (and ldexp's exponent would leave its range).
     if (x < -104.0) {
@@ -235,8 +235,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     return ldexp(t_hi + (t_hi * q + t_lo), n >> 6u);
 }
 
-// w in [0, 1] as 64-bit fixed point with 40 fraction bits: exact for w >= 2^-17 (its f32
-// mantissa ends above 2^-40), else rounded to nearest.
+// w in [0, 1] as 64-bit fixed point with 40 fraction bits: exact for w >= 2^-17 (the last bit
+// of its f32 mantissa is worth at least 2^-40), else rounded to nearest.
 fn to_fixed(w: f32) -> vec2<u32> {
     let scaled = w * 256.0;
     let whole = floor(scaled);
@@ -271,7 +271,12 @@ fn sample_weights(
 }
 
 // a + b for 64-bit a, b as (hi, lo), four lanes at once.
-fn add_wide(a_hi: vec4<u32>, a_lo: vec4<u32>, b_hi: vec4<u32>, b_lo: vec4<u32>) -> array<vec4<u32>, 2> {
+fn add_wide(
+    a_hi: vec4<u32>,
+    a_lo: vec4<u32>,
+    b_hi: vec4<u32>,
+    b_lo: vec4<u32>,
+) -> array<vec4<u32>, 2> {
     let lo = a_lo + b_lo;
     let carry = select(vec4<u32>(0u), vec4<u32>(1u), lo < a_lo);
     return array<vec4<u32>, 2>(a_hi + b_hi + carry, lo);
@@ -314,7 +319,9 @@ fn accumulate(
     lo: u32,
 ) {
     let zero = vec4<u32>(0u);
-    let s = add_wide(*sum_hi, *sum_lo, select(zero, vec4<u32>(hi), on), select(zero, vec4<u32>(lo), on));
+    let add_hi = select(zero, vec4<u32>(hi), on);
+    let add_lo = select(zero, vec4<u32>(lo), on);
+    let s = add_wide(*sum_hi, *sum_lo, add_hi, add_lo);
     *sum_hi = s[0];
     *sum_lo = s[1];
 }
@@ -359,8 +366,8 @@ fn add_candidate(
     accumulate(&sum_hi3, &sum_lo3, k >= t3, hi, lo);
 }
 
-// Sums one group of four 64-bit lanes over each run of 16 invocations into part[16 g ..]. Two
-// barriers (not a tree's eight) per group: on lavapipe a barrier costs more than the adds.
+// Sums one group of four 64-bit lanes over each run of 16 invocations into part[16 g ..]: two
+// barriers per group rather than a tree's eight, and the four groups' totals then need none.
 fn reduce_part(lid: u32, g: u32, hi: vec4<u32>, lo: vec4<u32>) {
     red_hi[lid] = hi;
     red_lo[lid] = lo;
