@@ -250,3 +250,20 @@ fn generate_on_the_gpu_gives_the_cpu_engines_tokens() {
         assert_eq!(gpu["completion_tokens"], 16);
     }
 }
+
+/// No adapter (here: only DX12 allowed on Linux) is a clear error that points at the CPU engine.
+#[test]
+fn no_gpu_adapter_is_a_clear_error() {
+    let out = selfroute()
+        .args(["generate", "--prompt", "Hi", "--device", "gpu"])
+        .arg("--model")
+        .arg(model())
+        .env("WGPU_BACKEND", "dx12")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no GPU adapter"), "{stderr}");
+    assert!(stderr.contains("--device cpu"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -25,8 +25,8 @@ impl GpuContext {
         // WGPU_BACKEND etc. from the environment, as wgpu's own tools honour them.
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions::default())
+        // WGPU_ADAPTER_NAME picks an adapter by name where there are several.
+        let adapter = wgpu::util::initialize_adapter_from_env_or_default(&instance, None)
             .await
             .map_err(|e| GpuError::NoAdapter(e.to_string()))?;
         let info = adapter.get_info();

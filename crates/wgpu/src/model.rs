@@ -458,14 +458,15 @@ impl GpuModel {
     }
 
     /// Records and submits one chunk. `want`: which rows get logits (None: no logits, a chunk
-    /// before the last); `pick`: run the sampler on the last row.
+    /// before the last); `pick`: run the sampler on the last row; `readback_bytes` of the result
+    /// (the id, or the logits) are copied to the matching readback buffer.
     fn submit_chunk(
         &mut self,
         tokens: &[u32],
         start: usize,
         want: Option<LogitsFor>,
         pick: bool,
-        readback: Option<(&wgpu::Buffer, u64)>,
+        readback_bytes: u64,
     ) -> usize {
         let n = tokens.len();
         let out_rows = match want {
@@ -536,13 +537,13 @@ impl GpuModel {
                 dispatches += self.sampler.dispatches();
             }
         }
-        if let Some((buffer, bytes)) = readback {
-            let source = if pick {
-                self.sampler.token_buffer()
+        if readback_bytes > 0 {
+            let (source, target) = if pick {
+                (self.sampler.token_buffer(), &self.token_readback)
             } else {
-                &self.act.logits
+                (&self.act.logits, &self.logits_readback)
             };
-            encoder.copy_buffer_to_buffer(source, 0, buffer, 0, bytes);
+            encoder.copy_buffer_to_buffer(source, 0, target, 0, readback_bytes);
         }
         self.ctx.queue.submit([encoder.finish()]);
         dispatches
@@ -564,30 +565,24 @@ impl GpuModel {
             tokens: tokens.len(),
             ..StepProfile::default()
         };
-        let chunks: Vec<&[u32]> = tokens.chunks(self.chunk).collect();
-        let last = chunks.len() - 1;
+        let last = tokens.len().div_ceil(self.chunk) - 1;
         let mut pos = start_pos;
         let mut result_bytes = 0;
-        for (i, chunk) in chunks.iter().enumerate() {
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
             if i < last {
-                profile.dispatches += self.submit_chunk(chunk, pos, None, false, None);
+                profile.dispatches += self.submit_chunk(chunk, pos, None, false, 0);
             } else {
                 let rows = if want == LogitsFor::All {
                     chunk.len()
                 } else {
                     1
                 };
-                let (buffer, bytes) = if pick {
-                    (self.token_readback.clone(), 4)
+                result_bytes = if pick {
+                    4
                 } else {
-                    (
-                        self.logits_readback.clone(),
-                        (rows * self.config.vocab_size * 4) as u64,
-                    )
+                    (rows * self.config.vocab_size * 4) as u64
                 };
-                result_bytes = bytes;
-                profile.dispatches +=
-                    self.submit_chunk(chunk, pos, Some(want), pick, Some((&buffer, bytes)));
+                profile.dispatches += self.submit_chunk(chunk, pos, Some(want), pick, result_bytes);
             }
             profile.submissions += 1;
             pos += chunk.len();
