@@ -82,7 +82,7 @@ fn print_table(v: &Value) -> Result<()> {
         );
     }
     println!(
-        "\ndecode step {:.2} ms = encode+submit {:.2} ms + GPU wait {:.2} ms + readback {:.3} ms \
+        "\ndecode step (mean) {:.2} ms = encode+submit {:.2} ms + GPU wait {:.2} ms + readback {:.3} ms \
          (rest: host-side loop)",
         num(v, "decode_step_ms")?,
         num(v, "decode_encode_submit_ms")?,

@@ -10,6 +10,9 @@ use crate::quant::{GpuMatrix, WeightFormat};
 /// Workgroups per dispatch dimension (the WebGPU default limit).
 const MAX_GROUPS_PER_DIM: u32 = 65_535;
 const MATMUL_TILE: usize = 64;
+/// Rows and tokens per `matmul_registers` workgroup (64 invocations x 4 rows, 4 tokens).
+const REGISTER_ROWS: usize = 256;
+const REGISTER_TOKENS: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -82,6 +85,8 @@ struct FormatPipelines {
 
 pub struct LinearKernels {
     layout: wgpu::BindGroupLayout,
+    /// CPU adapters run prefill with `matmul_registers` (no barriers), GPUs with the tiled `matmul`.
+    register_matmul: bool,
     /// Rows per matvec workgroup: 64 / invocations per row.
     matvec_rows: usize,
     formats: Vec<(WeightFormat, FormatPipelines)>,
@@ -140,9 +145,14 @@ impl LinearKernels {
                     pipelines
                         .matvec
                         .push(kernel::pipeline(ctx, &layout, &module, "matvec"));
+                    let matmul = if ctx.is_cpu() {
+                        "matmul_registers"
+                    } else {
+                        "matmul"
+                    };
                     pipelines
                         .matmul
-                        .push(kernel::pipeline(ctx, &layout, &module, "matmul"));
+                        .push(kernel::pipeline(ctx, &layout, &module, matmul));
                 }
                 (f, pipelines)
             })
@@ -155,6 +165,7 @@ impl LinearKernels {
         });
         Self {
             layout,
+            register_matmul: ctx.is_cpu(),
             matvec_rows,
             formats,
             no_aux,
@@ -253,13 +264,18 @@ impl LinearKernels {
                 (x, groups.div_ceil(x)),
             );
         } else {
+            let (rows_per_group, tokens_per_group) = if self.register_matmul {
+                (REGISTER_ROWS, REGISTER_TOKENS)
+            } else {
+                (MATMUL_TILE, MATMUL_TILE)
+            };
             kernel::dispatch(
                 pass,
                 &p.matmul[bound.prologue],
                 &bound.bind_group,
                 (
-                    kernel::groups_for(bound.rows, MATMUL_TILE),
-                    kernel::groups_for(tokens, MATMUL_TILE),
+                    kernel::groups_for(bound.rows, rows_per_group),
+                    kernel::groups_for(tokens, tokens_per_group),
                 ),
             );
         }

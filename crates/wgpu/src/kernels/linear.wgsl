@@ -206,6 +206,110 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
 }
 
+// All 32 values of block b of a quantized row, in value order.
+fn block_values(row: u32, b: u32) -> array<vec4<f32>, 8> {
+    let blocks = dims.cols / 32u;
+    var v: array<vec4<f32>, 8>;
+    if (FORMAT == FORMAT_Q8_0) {
+        let base = (row * blocks + b) * 9u;
+        let d = bitcast<f32>(w[base]);
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let q = i32(w[base + 1u + i]);
+            v[i] = d * vec4<f32>(f32(extractBits(q, 0u, 8u)), f32(extractBits(q, 8u, 8u)),
+                f32(extractBits(q, 16u, 8u)), f32(extractBits(q, 24u, 8u)));
+        }
+        return v;
+    }
+    let base = (row * blocks + b) * 5u;
+    let dm = unpack2x16float(w[base]);
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let word = w[base + 1u + i];
+        v[i] = dm.x * vec4<f32>(f32(word & 15u), f32((word >> 8u) & 15u),
+            f32((word >> 16u) & 15u), f32((word >> 24u) & 15u)) + vec4<f32>(dm.y);
+        v[i + 4u] = dm.x * vec4<f32>(f32((word >> 4u) & 15u), f32((word >> 12u) & 15u),
+            f32((word >> 20u) & 15u), f32(word >> 28u)) + vec4<f32>(dm.y);
+    }
+    return v;
+}
+
+// Prefill on CPU adapters (lavapipe): no workgroup memory and no barriers, which a software
+// rasterizer pays for dearly. Each invocation computes 4 rows (64 apart) x 4 consecutive tokens
+// from registers, so a dequantized block serves 4 tokens and a block of x serves 4 rows.
+const RT_ROWS: u32 = 4u;
+const RT_TOKENS: u32 = 4u;
+
+@compute @workgroup_size(64)
+fn matmul_registers(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = tokens();
+    let first_row = wid.x * 64u * RT_ROWS + lid;
+    let tok0 = wid.y * RT_TOKENS;
+    var scale = vec4<f32>(1.0);
+    var base: array<u32, 4>;
+    for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+        base[j] = x_row(min(tok0 + j, n - 1u)) * x_stride();
+        if (PROLOGUE == 1u) {
+            var sq = 0.0;
+            for (var c = 0u; c < dims.cols; c = c + 1u) {
+                sq = sq + x[base[j] + c] * x[base[j] + c];
+            }
+            scale[j] = inverseSqrt(sq / f32(dims.cols) + dims.eps);
+        }
+    }
+    var acc: array<vec4<f32>, 4>;
+    if (FORMAT == FORMAT_Q8_0 || FORMAT == FORMAT_Q4_1) {
+        for (var b = 0u; b < dims.cols / 32u; b = b + 1u) {
+            var xb: array<array<vec4<f32>, 8>, 4>;
+            for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+                for (var i = 0u; i < 8u; i = i + 1u) {
+                    let c = b * 32u + 4u * i;
+                    xb[j][i] = vec4<f32>(prepared(base[j], c, scale[j]),
+                        prepared(base[j], c + 1u, scale[j]), prepared(base[j], c + 2u, scale[j]),
+                        prepared(base[j], c + 3u, scale[j]));
+                }
+            }
+            for (var k = 0u; k < RT_ROWS; k = k + 1u) {
+                let row = first_row + k * 64u;
+                if (row < dims.rows) {
+                    let wb = block_values(row, b);
+                    for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+                        var d = 0.0;
+                        for (var i = 0u; i < 8u; i = i + 1u) {
+                            d = d + dot(wb[i], xb[j][i]);
+                        }
+                        acc[k][j] = acc[k][j] + d;
+                    }
+                }
+            }
+        }
+    } else {
+        for (var c = 0u; c < dims.cols; c = c + 4u) {
+            var xv: array<vec4<f32>, 4>;
+            for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+                xv[j] = vec4<f32>(prepared(base[j], c, scale[j]),
+                    prepared(base[j], c + 1u, scale[j]), prepared(base[j], c + 2u, scale[j]),
+                    prepared(base[j], c + 3u, scale[j]));
+            }
+            for (var k = 0u; k < RT_ROWS; k = k + 1u) {
+                let row = first_row + k * 64u;
+                if (row < dims.rows) {
+                    let wv = load4(row, c, dims.cols);
+                    for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+                        acc[k][j] = acc[k][j] + dot(wv, xv[j]);
+                    }
+                }
+            }
+        }
+    }
+    for (var k = 0u; k < RT_ROWS; k = k + 1u) {
+        let row = first_row + k * 64u;
+        for (var j = 0u; j < RT_TOKENS; j = j + 1u) {
+            if (row < dims.rows && tok0 + j < n) {
+                store(tok0 + j, row, acc[k][j]);
+            }
+        }
+    }
+}
+
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
 var<workgroup> w_tile: array<f32, 1024>;
