@@ -3,56 +3,14 @@
 //! (un-permuted Q/K, rotate-half RoPE), while this engine keeps llama.cpp's layout and rotates
 //! adjacent pairs. Agreement checks weights, layout, RoPE, attention, MLP and head together.
 
-use std::path::{Path, PathBuf};
+#[path = "../../../tests/reference/fixtures.rs"]
+mod fixtures;
 
 use candle_core::Device;
+use fixtures::{FullReference, SmolReference, assert_close, data, hf_folder, read_json, smollm2};
 use selfroute_candle::CandleModel;
-use selfroute_core::{GgufFile, LogitsFor, ModelPackage, SourceName};
+use selfroute_core::{GgufFile, LogitsFor, ModelPackage};
 use serde::Deserialize;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data(name: &str) -> PathBuf {
-    root().join("tests/reference/data").join(name)
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn smollm2() -> ModelPackage {
-    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask fetch-model`", path.display()));
-    ModelPackage::from_gguf(path.display().to_string(), bytes).expect("SmolLM2 loads")
-}
-
-#[derive(Deserialize)]
-struct SmolReference {
-    prompts: Vec<SmolPrompt>,
-}
-
-#[derive(Deserialize)]
-struct SmolPrompt {
-    name: String,
-    token_ids: Vec<u32>,
-    positions: Vec<Position>,
-    greedy: Greedy,
-}
-
-#[derive(Deserialize)]
-struct Position {
-    position: usize,
-    top: Vec<(u32, f32)>,
-}
-
-#[derive(Deserialize)]
-struct Greedy {
-    token_ids: Vec<u32>,
-}
 
 fn logits_all(model: &mut CandleModel, tokens: &[u32]) -> Vec<Vec<f32>> {
     model.clear_cache();
@@ -133,28 +91,6 @@ fn smollm2_greedy_continuations_match_the_reference() {
     }
 }
 
-#[derive(Deserialize)]
-struct FullReference {
-    token_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-}
-
-fn assert_close(ours: &[Vec<f32>], reference: &[Vec<f32>], tolerance: f32, what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}: rows");
-    let mut worst = 0.0f32;
-    for (a, b) in ours.iter().zip(reference) {
-        assert_eq!(a.len(), b.len(), "{what}: vocab");
-        for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    eprintln!("{what}: worst |logit difference| {worst}");
-    assert!(
-        worst < tolerance,
-        "{what}: worst logit difference {worst} exceeds {tolerance}"
-    );
-}
-
 #[test]
 fn tiny_llama_gguf_in_llama_cpp_layout_matches_the_reference() {
     let bytes = std::fs::read(data("tiny_llama.gguf")).unwrap();
@@ -168,34 +104,6 @@ fn tiny_llama_gguf_in_llama_cpp_layout_matches_the_reference() {
     let reference: FullReference = read_json(&data("tiny_llama_gguf_reference.json"));
     let ours = logits_all(&mut model, &reference.token_ids);
     assert_close(&ours, &reference.logits, 1e-4, "tiny llama GGUF");
-}
-
-fn hf_folder(name: &str) -> ModelPackage {
-    let dir = data(name);
-    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let shard = (
-        SourceName(format!("{name}/model.safetensors")),
-        std::fs::read(dir.join("model.safetensors")).unwrap(),
-    );
-    // These folders carry no tokenizer; borrow the tiny GGUF's (same 256-token vocabulary size
-    // is not needed: the test feeds ids directly), via tokenizer.json round trip.
-    let gguf = GgufFile::from_bytes(
-        "tiny_llama.gguf",
-        std::fs::read(data("tiny_llama.gguf")).unwrap(),
-    )
-    .unwrap();
-    let tokenizer_json = selfroute_core::Tokenizer::from_gguf(&gguf)
-        .unwrap()
-        .to_json()
-        .unwrap();
-    ModelPackage::from_hf_files(
-        name,
-        &config,
-        vec![shard],
-        Some(tokenizer_json.as_bytes()),
-        None,
-    )
-    .unwrap()
 }
 
 #[test]

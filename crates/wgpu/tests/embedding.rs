@@ -15,7 +15,7 @@ use selfroute_wgpu::kernel::Step;
 use selfroute_wgpu::quant::{GpuMatrix, WeightFormat};
 use selfroute_wgpu::{GpuContext, GpuError};
 use serde::Deserialize;
-use support::{assert_close, context, output_buffer, random, run_pass};
+use support::{assert_close, context, output_buffer, run_pass, weight};
 
 fn data(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,47 +145,6 @@ fn unsupported_formats_are_refused_with_a_clear_error() {
     ));
 }
 
-/// A random table in `dtype` (F32, F16, or Q8_0 from candle's quantizer) and its values as the
-/// kernel should read them (for Q8_0, candle's dequantization).
-fn table(dtype: TensorDType, rows: usize, cols: usize) -> (TensorData<'static>, Vec<f32>) {
-    let w = random(rows * cols, (rows + cols) as u64, 2.0);
-    let (bytes, values): (Vec<u8>, Vec<f32>) = match dtype {
-        TensorDType::F32 => (w.iter().flat_map(|v| v.to_le_bytes()).collect(), w),
-        TensorDType::F16 => {
-            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
-            (
-                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                h.iter().map(|v| v.to_f32()).collect(),
-            )
-        }
-        TensorDType::Q8_0 => {
-            let t =
-                candle_core::Tensor::from_vec(w, (rows, cols), &candle_core::Device::Cpu).unwrap();
-            let q = candle_core::quantized::QTensor::quantize(
-                &t,
-                candle_core::quantized::GgmlDType::Q8_0,
-            )
-            .unwrap();
-            let values = q
-                .dequantize(&candle_core::Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            (q.data().unwrap().into_owned(), values)
-        }
-        other => panic!("no test table for {other}"),
-    };
-    let td = TensorData {
-        name: format!("{dtype} table"),
-        dtype,
-        shape: vec![rows, cols],
-        bytes: Cow::Owned(bytes),
-    };
-    (td, values)
-}
-
 #[test]
 fn random_ids_gather_their_rows_including_the_last() {
     let Some(ctx) = context() else { return };
@@ -196,7 +155,7 @@ fn random_ids_gather_their_rows_including_the_last() {
         (TensorDType::F16, 517, 260),
         (TensorDType::Q8_0, 301, 288),
     ] {
-        let (td, w) = table(dtype, rows, cols);
+        let (td, w) = weight(dtype, rows, cols, (rows + cols) as u64);
         let table = upload(&ctx, &td);
         let mut rng = SplitMix64::new(rows as u64);
         let mut ids: Vec<u32> = vec![rows as u32 - 1, 0];

@@ -3,38 +3,17 @@
 //! top logits and greedy continuations and for the tiny LLaMA/Qwen2 models in every float layout,
 //! and the candle CPU engine for SmolLM2's whole logit rows.
 
+#[path = "../../../tests/reference/fixtures.rs"]
+mod fixtures;
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use candle_core::Device;
+use fixtures::{FullReference, SmolReference, assert_close, data, hf_folder, read_json, smollm2};
 use selfroute_candle::CandleModel;
 use selfroute_core::{
-    Backend, GenerationParams, Generator, GgufFile, LogitsFor, ModelPackage, SamplingParams,
-    SourceName,
+    Backend, GenerationParams, Generator, LogitsFor, ModelPackage, SamplingParams,
 };
 use selfroute_wgpu::{GpuModel, GpuOptions};
-use serde::Deserialize;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data(name: &str) -> PathBuf {
-    root().join("tests/reference/data").join(name)
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> T {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn smollm2() -> ModelPackage {
-    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let bytes = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask fetch-model`", path.display()));
-    ModelPackage::from_gguf(path.display().to_string(), bytes).expect("SmolLM2 loads")
-}
 
 fn gpu_model(package: &ModelPackage, options: &GpuOptions) -> Option<GpuModel> {
     let ctx = support::context()?;
@@ -57,30 +36,6 @@ fn rows(model: &mut GpuModel, tokens: &[u32]) -> Vec<Vec<f32>> {
         .chunks(logits.vocab)
         .map(<[f32]>::to_vec)
         .collect()
-}
-
-#[derive(Deserialize)]
-struct SmolReference {
-    prompts: Vec<SmolPrompt>,
-}
-
-#[derive(Deserialize)]
-struct SmolPrompt {
-    name: String,
-    token_ids: Vec<u32>,
-    positions: Vec<Position>,
-    greedy: Greedy,
-}
-
-#[derive(Deserialize)]
-struct Position {
-    position: usize,
-    top: Vec<(u32, f32)>,
-}
-
-#[derive(Deserialize)]
-struct Greedy {
-    token_ids: Vec<u32>,
 }
 
 /// The CPU engine's bound against the same reference is 2e-3 (it keeps activations in f32, as
@@ -170,25 +125,6 @@ fn smollm2_greedy_continuations_match_the_reference_with_the_gpu_sampler() {
     }
 }
 
-#[derive(Deserialize)]
-struct FullReference {
-    token_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-}
-
-fn assert_close(ours: &[Vec<f32>], reference: &[Vec<f32>], tolerance: f32, what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}: rows");
-    let mut worst = 0.0f32;
-    for (a, b) in ours.iter().zip(reference) {
-        assert_eq!(a.len(), b.len(), "{what}: vocab");
-        for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
-        }
-    }
-    eprintln!("{what}: worst |logit difference| {worst}");
-    assert!(worst < tolerance, "{what}: {worst} exceeds {tolerance}");
-}
-
 /// Both ways the engine can be assembled: norms and SwiGLU fused into the products (the default)
 /// and run as separate kernels (models wider than the fused prologue stages).
 fn check_tiny(package: &ModelPackage, reference: &str, what: &str) {
@@ -205,32 +141,6 @@ fn check_tiny(package: &ModelPackage, reference: &str, what: &str) {
         let what = format!("{what}, fused prologues {fuse_prologues}");
         assert_close(&ours, &reference.logits, 1e-4, &what);
     }
-}
-
-fn hf_folder(name: &str) -> ModelPackage {
-    let dir = data(name);
-    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let shard = (
-        SourceName(format!("{name}/model.safetensors")),
-        std::fs::read(dir.join("model.safetensors")).unwrap(),
-    );
-    let gguf = GgufFile::from_bytes(
-        "tiny_llama.gguf",
-        std::fs::read(data("tiny_llama.gguf")).unwrap(),
-    )
-    .unwrap();
-    let tokenizer_json = selfroute_core::Tokenizer::from_gguf(&gguf)
-        .unwrap()
-        .to_json()
-        .unwrap();
-    ModelPackage::from_hf_files(
-        name,
-        &config,
-        vec![shard],
-        Some(tokenizer_json.as_bytes()),
-        None,
-    )
-    .unwrap()
 }
 
 #[test]
@@ -258,4 +168,33 @@ fn tiny_qwen2_bf16_with_biases_and_tied_head_matches_the_reference() {
         "tiny_qwen2_bf16/reference.json",
         "tiny qwen2 bf16",
     );
+}
+
+/// Asking for more than the device allows (here: prefill chunks whose logits exceed the 128 MiB
+/// binding limit) is a clear error at load, not a crash at the first step.
+#[test]
+fn buffers_beyond_the_device_limits_are_a_clear_error() {
+    let package = smollm2();
+    let Some(ctx) = support::context() else {
+        return;
+    };
+    let options = GpuOptions {
+        chunk: 8192,
+        max_context: 8192,
+        ..GpuOptions::default()
+    };
+    let result = pollster::block_on(GpuModel::load(
+        ctx,
+        &package.config,
+        package.weights.as_ref(),
+        &options,
+    ));
+    match result {
+        Err(e @ selfroute_wgpu::GpuError::TooLarge { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("limit"), "{message}");
+        }
+        Err(other) => panic!("expected TooLarge, got {other}"),
+        Ok(_) => panic!("a 1.6 GB logits buffer was accepted"),
+    }
 }

@@ -2,6 +2,11 @@
 //! missing adapter fails the test; elsewhere the test is skipped with the reason.
 #![allow(dead_code)]
 
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use selfroute_core::{TensorDType, TensorData};
 use selfroute_wgpu::GpuContext;
 
 pub fn context() -> Option<GpuContext> {
@@ -83,4 +88,56 @@ pub fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) -> f64 {
         worst = worst.max(err);
     }
     worst
+}
+
+/// A random [rows, cols] weight stored as `dtype`, and the values a correct kernel reads from it.
+pub fn weight(
+    dtype: TensorDType,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> (TensorData<'static>, Vec<f32>) {
+    let w = random(rows * cols, seed, 1.0);
+    let (bytes, values): (Vec<u8>, Vec<f32>) = match dtype {
+        TensorDType::F32 => (w.iter().flat_map(|v| v.to_le_bytes()).collect(), w),
+        TensorDType::F16 => {
+            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            (
+                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        TensorDType::BF16 => {
+            let h: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            (
+                h.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                h.iter().map(|v| v.to_f32()).collect(),
+            )
+        }
+        TensorDType::Q8_0 | TensorDType::Q4_1 => {
+            let ggml = if dtype == TensorDType::Q8_0 {
+                GgmlDType::Q8_0
+            } else {
+                GgmlDType::Q4_1
+            };
+            let t = Tensor::from_vec(w, (rows, cols), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, ggml).unwrap();
+            let values = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            (q.data().unwrap().into_owned(), values)
+        }
+        other => panic!("no test data for {other}"),
+    };
+    let td = TensorData {
+        name: format!("{dtype} {rows}x{cols}"),
+        dtype,
+        shape: vec![rows, cols],
+        bytes: Cow::Owned(bytes),
+    };
+    (td, values)
 }
