@@ -372,16 +372,10 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
 
 fn rope_tables(c: &ModelConfig, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = c.head_dim / 2;
-    let mut cos = Vec::with_capacity(c.context_length * half);
-    let mut sin = Vec::with_capacity(c.context_length * half);
-    for pos in 0..c.context_length {
-        for i in 0..half {
-            let inv_freq = 1.0 / f64::from(c.rope_theta).powf(2.0 * i as f64 / c.head_dim as f64);
-            let angle = pos as f64 * inv_freq;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
-    }
+    let (cos, sin): (Vec<f64>, Vec<f64>) =
+        selfroute_core::rope::angles(c.head_dim, c.rope_theta, c.context_length)
+            .map(|a| (a.cos(), a.sin()))
+            .unzip();
     let table = |v: Vec<f64>| -> Result<Tensor> {
         Ok(Tensor::from_vec(v, (c.context_length, half), device)?.to_dtype(dtype)?)
     };

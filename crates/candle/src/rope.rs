@@ -15,16 +15,9 @@ impl Rope {
     /// Tables for `max_positions` positions, built once.
     pub fn new(head_dim: usize, theta: f32, max_positions: usize, layout: RopeLayout) -> Self {
         let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_positions * half);
-        let mut sin = Vec::with_capacity(max_positions * half);
-        for pos in 0..max_positions {
-            for i in 0..half {
-                let inv_freq = 1.0 / f64::from(theta).powf(2.0 * i as f64 / head_dim as f64);
-                let angle = pos as f64 * inv_freq;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = selfroute_core::rope::angles(head_dim, theta, max_positions)
+            .map(|a| (a.cos() as f32, a.sin() as f32))
+            .unzip();
         Self {
             cos,
             sin,

@@ -14,6 +14,7 @@ pub mod offload;
 pub mod openai;
 pub mod package;
 pub mod rng;
+pub mod rope;
 pub mod safetensors;
 pub mod sampler;
 pub mod tokenizer;

@@ -100,14 +100,7 @@ impl GpuContext {
 
     /// A zeroed storage buffer of `bytes` (at least 4), refused beyond the binding limit.
     pub fn scratch_buffer(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
-        let limit = self.limits.max_storage_buffer_binding_size;
-        if bytes > limit {
-            return Err(GpuError::TooLarge {
-                what: label.to_string(),
-                needed: bytes,
-                limit,
-            });
-        }
+        self.check_binding_size(label, bytes)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
@@ -116,6 +109,19 @@ impl GpuContext {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
+    }
+
+    /// Refuses a storage buffer the device could not bind whole.
+    fn check_binding_size(&self, label: &str, bytes: u64) -> Result<()> {
+        let limit = self.limits.max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(GpuError::TooLarge {
+                what: label.to_string(),
+                needed: bytes,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// A buffer the host can map to read `bytes` copied from a storage buffer.
@@ -156,14 +162,7 @@ impl GpuContext {
     /// A storage buffer holding `bytes`, refused beyond the device's binding limit.
     pub fn storage_buffer(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
         use wgpu::util::DeviceExt;
-        let limit = self.limits.max_storage_buffer_binding_size;
-        if bytes.len() as u64 > limit {
-            return Err(GpuError::TooLarge {
-                what: label.to_string(),
-                needed: bytes.len() as u64,
-                limit,
-            });
-        }
+        self.check_binding_size(label, bytes.len() as u64)?;
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -171,32 +170,6 @@ impl GpuContext {
                 contents: bytes,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
             }))
-    }
-
-    /// An output storage buffer of `len` f32s and a mappable buffer to copy it into.
-    pub fn output_buffers(&self, label: &str, len: usize) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
-        let size = (len * 4) as u64;
-        let limit = self.limits.max_storage_buffer_binding_size;
-        if size > limit {
-            return Err(GpuError::TooLarge {
-                what: label.to_string(),
-                needed: size,
-                limit,
-            });
-        }
-        let out = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        Ok((out, readback))
     }
 
     /// Waits for submitted work (natively a mapping only resolves while the device is polled).
@@ -211,9 +184,6 @@ impl GpuContext {
     /// Copies `buffer` (a MAP_READ buffer) to the host as f32s.
     pub async fn read_f32(&self, buffer: &wgpu::Buffer) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(buffer, buffer.size()).await?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

@@ -19,7 +19,7 @@ use crate::linear::{BoundLinear, LinearKernels, MAX_STAGED, Output, Prologue};
 use crate::quant::GpuMatrix;
 use crate::rmsnorm::{BoundRmsNorm, RmsNormKernel};
 use crate::rope::{BoundRope, RopeBuffers, RopeKernel, rope_table};
-use crate::sample::GpuSampler;
+use crate::sample::{GpuSampler, token_from_bytes};
 use crate::swiglu::{BoundSwiGlu, SwiGluKernel};
 
 /// Engine settings a caller may change.
@@ -623,10 +623,7 @@ impl GpuModel {
             )));
         }
         let bytes = self.run(tokens, start_pos, want, false).await?;
-        let data: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let data: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
         let vocab = self.config.vocab_size;
         Ok(Logits {
             rows: data.len() / vocab,
@@ -644,16 +641,7 @@ impl GpuModel {
     ) -> Result<u32> {
         self.sampler.prepare(&self.ctx.queue, pick)?;
         let bytes = self.run(tokens, start_pos, LogitsFor::Last, true).await?;
-        let id = bytes
-            .get(..4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| GpuError::Readback("no token id came back".into()))?;
-        if id as usize >= self.config.vocab_size {
-            return Err(GpuError::Readback(format!(
-                "the sampler returned id {id}, outside the vocabulary"
-            )));
-        }
-        Ok(id)
+        token_from_bytes(&bytes, self.config.vocab_size)
     }
 }
 

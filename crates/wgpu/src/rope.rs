@@ -17,20 +17,12 @@ struct Dims {
     _pad: [u32; 3],
 }
 
-/// cos/sin for every position up to `positions`, [pos][head_dim / 2][cos, sin], computed in f64
-/// with the same formula as the CPU engine so both rotate by the same f32 numbers.
+/// cos/sin for every position up to `positions`, [pos][head_dim / 2][cos, sin], from core's
+/// angles in f64, as the CPU engine computes them, so both rotate by the same f32 numbers.
 pub fn rope_table(head_dim: usize, theta: f32, positions: usize) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut table = Vec::with_capacity(positions * half * 2);
-    for pos in 0..positions {
-        for i in 0..half {
-            let inv_freq = 1.0 / f64::from(theta).powf(2.0 * i as f64 / head_dim as f64);
-            let angle = pos as f64 * inv_freq;
-            table.push(angle.cos() as f32);
-            table.push(angle.sin() as f32);
-        }
-    }
-    table
+    selfroute_core::rope::angles(head_dim, theta, positions)
+        .flat_map(|a| [a.cos() as f32, a.sin() as f32])
+        .collect()
 }
 
 pub struct RopeKernel {

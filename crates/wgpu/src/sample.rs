@@ -322,16 +322,20 @@ impl GpuSampler {
         encoder.copy_buffer_to_buffer(&self.token, 0, &readback, 0, 4);
         ctx.queue.submit([encoder.finish()]);
         let bytes = ctx.read_bytes(&readback, 4).await?;
-        let id = bytes
-            .get(..4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| GpuError::Readback("no token id came back".into()))?;
-        if id as usize >= self.vocab {
-            return Err(GpuError::Readback(format!(
-                "the sampler returned id {id}, outside the vocabulary of {}",
-                self.vocab
-            )));
-        }
-        Ok(id)
+        token_from_bytes(&bytes, self.vocab)
     }
+}
+
+/// The id a pick wrote, as read back, checked against the vocabulary.
+pub(crate) fn token_from_bytes(bytes: &[u8], vocab: usize) -> Result<u32> {
+    let id = bytes
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| GpuError::Readback("no token id came back".into()))?;
+    if id as usize >= vocab {
+        return Err(GpuError::Readback(format!(
+            "the sampler returned id {id}, outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(id)
 }
