@@ -12,7 +12,15 @@ pub enum CandleError {
 
 impl From<CandleError> for selfroute_core::Error {
     fn from(e: CandleError) -> Self {
-        selfroute_core::Error::Backend(Box::new(e))
+        use selfroute_core::BackendErrorKind as Kind;
+        let kind = match &e {
+            CandleError::CacheMismatch { .. } | CandleError::ContextOverflow { .. } => {
+                Kind::InvalidInput
+            }
+            CandleError::Weight { .. } => Kind::Unsupported,
+            CandleError::Candle(_) => Kind::Failed,
+        };
+        selfroute_core::Error::Backend(selfroute_core::BackendError::new(kind, e))
     }
 }
 

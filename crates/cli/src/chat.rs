@@ -39,7 +39,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     );
     let loaded = load::load(&args.model)?;
     let load_ms = loaded.load_ms;
-    let engine = loaded.model.describe();
+    let engine = format!("{} ({})", loaded.model.describe(), loaded.selection.reason);
     let mut assistant = routing::build(loaded, &args.routing, args.sampling.params())?;
     // The session's futures are not Send (the browser runs the same code), so one thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -115,6 +115,9 @@ fn show(stdout: &mut std::io::Stdout, event: RouteEvent<'_>) {
         RouteEvent::CloudFailed { error } => {
             eprintln!("\n[cloud unavailable: {error}; answering on device]");
         }
+        RouteEvent::OffloadDeclined { .. } => {
+            eprintln!("\n[offload declined; answering on device]");
+        }
         RouteEvent::Done(outcome) => {
             let _ = writeln!(stdout);
             eprintln!("{}", summary(outcome));
@@ -128,6 +131,7 @@ fn summary(o: &ChatOutcome) -> String {
         (Route::Cloud, _) => "cloud",
         (Route::Fallback, _) => "on device (cloud unavailable)",
         (Route::Local, Some(LocalReason::BudgetExhausted)) => "on device (cloud budget reached)",
+        (Route::Local, Some(LocalReason::OffloadDeclined)) => "on device (offload declined)",
         (Route::Local, _) => "on device",
     };
     let mut parts = vec![source.to_string()];

@@ -54,9 +54,9 @@ pub struct Timings {
 pub fn run(args: GenerateArgs) -> Result<()> {
     load::configure_threads(args.model.threads)?;
     let loaded = load::load(&args.model)?;
-    let tokenizer = loaded.package.tokenizer.clone();
+    let tokenizer = loaded.tokenizer.clone();
     let prompt = if args.chat {
-        let Some(template) = &loaded.package.chat_template else {
+        let Some(template) = &loaded.chat_template else {
             bail!(
                 "{} has no chat template; drop --chat",
                 loaded.path.display()

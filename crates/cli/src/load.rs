@@ -4,18 +4,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use selfroute_candle::CandleModel;
-use selfroute_core::{ModelPackage, SourceName};
-use selfroute_wgpu::{GpuContext, GpuModel, GpuOptions};
+use selfroute_core::{ChatTemplate, ModelConfig, ModelPackage, SourceName, Tokenizer};
+use selfroute_engine::{Engine, EngineOptions, GpuOptions, Selection, load_engine};
 
-use crate::engine::Engine;
-use crate::options::{Device, ModelArgs};
+use crate::options::ModelArgs;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 pub struct LoadedModel {
-    pub package: ModelPackage,
     pub model: Engine,
+    /// Which engine runs it, and why.
+    pub selection: Selection,
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
     pub path: PathBuf,
     pub load_ms: f64,
 }
@@ -54,35 +56,27 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let started = Instant::now();
     let package = read_package(&path)?;
-    let model = match args.device {
-        Device::Cpu => Engine::Cpu(Box::new(
-            CandleModel::load(
-                &package.config,
-                package.weights.as_ref(),
-                &candle_core::Device::Cpu,
-            )
-            .with_context(|| format!("loading {} into the CPU engine", path.display()))?,
-        )),
-        Device::Gpu => {
-            let ctx = pollster::block_on(GpuContext::new())
-                .context("starting the GPU engine (try --device cpu)")?;
-            let options = GpuOptions {
-                max_context: args.gpu_context,
-                ..GpuOptions::default()
-            };
-            let model = pollster::block_on(GpuModel::load(
-                ctx,
-                &package.config,
-                package.weights.as_ref(),
-                &options,
-            ))
-            .with_context(|| format!("loading {} into the GPU engine", path.display()))?;
-            Engine::Gpu(Box::new(model))
-        }
+    let ModelPackage {
+        config,
+        tokenizer,
+        chat_template,
+        weights,
+    } = package;
+    let options = EngineOptions {
+        choice: args.device.choice(),
+        gpu: GpuOptions {
+            max_context: args.gpu_context,
+            ..GpuOptions::default()
+        },
     };
+    let (model, selection) = pollster::block_on(load_engine(&config, weights, &options))
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok(LoadedModel {
-        package,
         model,
+        selection,
+        config,
+        tokenizer,
+        chat_template,
         path,
         load_ms: started.elapsed().as_secs_f64() * 1e3,
     })

@@ -1,7 +1,6 @@
 //! `selfroute`: run the on-device model from a terminal.
 
 mod chat;
-mod engine;
 mod generate;
 mod load;
 mod options;

@@ -16,8 +16,9 @@ pub struct ModelArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Where the forward pass runs: `cpu` (candle) or `gpu` (WGSL on Vulkan, Metal or DX12;
-    /// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` pick among several).
+    /// Where the forward pass runs: `cpu` (candle), `gpu` (WGSL on Vulkan, Metal or DX12;
+    /// `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` pick among several), or `auto` (the GPU when a
+    /// hardware adapter can hold the model, else the CPU; says which and why).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
 
@@ -30,6 +31,17 @@ pub struct ModelArgs {
 pub enum Device {
     Cpu,
     Gpu,
+    Auto,
+}
+
+impl Device {
+    pub fn choice(self) -> selfroute_engine::BackendChoice {
+        match self {
+            Self::Cpu => selfroute_engine::BackendChoice::Cpu,
+            Self::Gpu => selfroute_engine::BackendChoice::Gpu,
+            Self::Auto => selfroute_engine::BackendChoice::Auto,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

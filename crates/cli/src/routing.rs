@@ -2,14 +2,11 @@
 
 use std::time::Duration;
 
-use crate::engine::Engine;
 use anyhow::{Context, Result};
 use clap::Args;
 use selfroute_cloud::{CloudConfig, HttpCloudClient};
-use selfroute_core::assistant::default_offload_instruction;
-use selfroute_core::{
-    Assistant, CloudBudget, DEFAULT_OFFLOAD_MARKER, GenerationParams, OffloadSignal, RoutingConfig,
-};
+use selfroute_core::{Assistant, GenerationParams};
+use selfroute_engine::{Engine, OffloadRouting, RoutingOptions, build_assistant};
 
 use crate::load::LoadedModel;
 
@@ -73,15 +70,13 @@ pub type LocalAssistant = Assistant<Engine, HttpCloudClient>;
 
 /// What kind of routing a session does, for the start-up message.
 pub fn describe(assistant: &LocalAssistant) -> String {
-    if !assistant.has_cloud() {
-        return "no --cloud: every answer is on device".into();
-    }
-    let budget = assistant.budget();
-    let signal = match (assistant.signal().token_id, &assistant.signal().marker) {
-        (Some(_), _) => "the <|offload|> token".to_string(),
-        (None, Some(m)) => format!("the marker `{m}` (prompt-only routing)"),
-        (None, None) => "nothing (the model cannot offload)".into(),
+    let signal = match OffloadRouting::of(assistant) {
+        OffloadRouting::NoCloud => return "no --cloud: every answer is on device".into(),
+        OffloadRouting::Token => "the <|offload|> token".to_string(),
+        OffloadRouting::Marker(m) => format!("the marker `{m}` (prompt-only routing)"),
+        OffloadRouting::Impossible => "nothing (the model cannot offload)".into(),
     };
+    let budget = assistant.budget();
     format!(
         "offload on {signal}; cloud budget {} of every {} requests",
         budget.max_calls(),
@@ -94,27 +89,9 @@ pub fn build(
     args: &RoutingArgs,
     generation: GenerationParams,
 ) -> Result<LocalAssistant> {
-    let package = loaded.package;
-    let template = package
+    let template = loaded
         .chat_template
         .with_context(|| format!("{} has no chat template", loaded.path.display()))?;
-    let has_token = package
-        .tokenizer
-        .token_to_id(selfroute_core::OFFLOAD_TOKEN)
-        .is_some();
-    // Prompt-only routing when the model lacks the token, or when a marker is asked for.
-    let prompt_only = args.cloud.is_some() && (!has_token || args.offload_marker.is_some());
-    let marker = prompt_only.then(|| {
-        args.offload_marker
-            .clone()
-            .unwrap_or_else(|| DEFAULT_OFFLOAD_MARKER.to_string())
-    });
-    let instruction = prompt_only.then(|| {
-        args.offload_instruction
-            .clone()
-            .unwrap_or_else(default_offload_instruction)
-    });
-    let signal = OffloadSignal::from_tokenizer(&package.tokenizer, marker)?;
     let cloud = match &args.cloud {
         Some(url) => {
             let mut config = CloudConfig::new(url.clone());
@@ -129,23 +106,17 @@ pub fn build(
         }
         None => None,
     };
-    let config = RoutingConfig {
+    let options = RoutingOptions {
         generation,
+        budget_share: args.budget,
+        budget_window: args.budget_window,
         offload_bias: args.offload_bias,
+        offload_marker: args.offload_marker.clone(),
+        offload_instruction: args.offload_instruction.clone(),
         cloud_model: args.cloud_model.clone(),
         cloud_max_tokens: args.cloud_max_tokens,
-        cloud_temperature: None,
         send_local_draft: args.send_local_draft,
-        offload_instruction: instruction,
     };
-    let budget = CloudBudget::new(args.budget, args.budget_window).context("--budget")?;
-    Ok(Assistant::new(
-        loaded.model,
-        package.tokenizer,
-        template,
-        signal,
-        cloud,
-        config,
-        budget,
-    )?)
+    build_assistant(loaded.model, loaded.tokenizer, template, cloud, &options)
+        .context("routing options")
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use selfroute_core::cloud::{
-    CompletionStream, DEFAULT_MAX_ANSWER_BYTES, completion_from_body, parse_retry_after,
+    CompletionStream, DEFAULT_MAX_ANSWER_BYTES, Transport, completion_from_body, parse_retry_after,
+    send_with_retries,
 };
 use selfroute_core::openai::ChatRequest;
 use selfroute_core::{CloudClient, CloudCompletion, CloudError, CloudReply, Control, RetryPolicy};
@@ -61,7 +62,7 @@ impl HttpCloudClient {
         &self.url
     }
 
-    async fn attempt(
+    async fn attempt_once(
         &self,
         body: &[u8],
         on_text: &mut dyn FnMut(&str) -> Control,
@@ -144,41 +145,22 @@ impl CloudClient for HttpCloudClient {
         request: &ChatRequest,
         on_text: &mut dyn FnMut(&str) -> Control,
     ) -> CloudReply {
-        let mut request = request.clone();
-        request.stream = true;
-        let body = match serde_json::to_vec(&request) {
-            Ok(b) => b,
-            Err(e) => return CloudReply::not_sent(CloudError::Transport(e.to_string())),
-        };
-        let mut reply = CloudReply {
-            result: Err(CloudError::Cancelled),
-            bytes_sent: 0,
-            attempts: 0,
-        };
-        loop {
-            reply.attempts += 1;
-            reply.bytes_sent += body.len() as u64;
-            let mut streamed = false;
-            let result = self.attempt(&body, on_text, &mut streamed).await;
-            let error = match result {
-                Ok(done) => {
-                    reply.result = Ok(done);
-                    return reply;
-                }
-                Err(e) => e,
-            };
-            match self
-                .config
-                .retry
-                .delay_after(reply.attempts, &error, streamed)
-            {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => {
-                    reply.result = Err(error);
-                    return reply;
-                }
-            }
-        }
+        send_with_retries(self, &self.config.retry, request, on_text).await
+    }
+}
+
+impl Transport for HttpCloudClient {
+    async fn attempt(
+        &self,
+        body: &[u8],
+        on_text: &mut dyn FnMut(&str) -> Control,
+        streamed: &mut bool,
+    ) -> Result<CloudCompletion, CloudError> {
+        self.attempt_once(body, on_text, streamed).await
+    }
+
+    async fn sleep(&self, wait: Duration) {
+        tokio::time::sleep(wait).await;
     }
 }
 

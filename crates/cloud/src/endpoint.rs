@@ -13,11 +13,7 @@ pub fn chat_completions_url(base: &str) -> Result<String, CloudError> {
             "`{base}`: only http and https URLs are supported"
         )));
     }
-    let trimmed = base.trim_end_matches('/');
-    if trimmed.ends_with("/chat/completions") {
-        return Ok(trimmed.to_string());
-    }
-    Ok(format!("{trimmed}/chat/completions"))
+    Ok(selfroute_core::cloud::with_completions_path(base))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ enum Event {
     Offload(OffloadReason),
     Cloud(String),
     CloudFailed(String),
+    Declined(OffloadReason),
     Done,
 }
 
@@ -108,6 +109,7 @@ async fn turn(
                 RouteEvent::OffloadStarted { reason } => Event::Offload(reason),
                 RouteEvent::CloudText(t) => Event::Cloud(t.to_string()),
                 RouteEvent::CloudFailed { error } => Event::CloudFailed(error.to_string()),
+                RouteEvent::OffloadDeclined { reason } => Event::Declined(reason),
                 RouteEvent::Done(_) => Event::Done,
             });
             Control::Continue
@@ -510,4 +512,46 @@ async fn the_local_draft_is_sent_only_when_asked() {
     assert_eq!(sent.len(), 3);
     assert_eq!(sent[2].role, selfroute_core::Role::System);
     assert!(sent[2].content.ends_with("The 1987 "), "{:?}", sent[2]);
+}
+
+/// A gate that says no, counting how often it was asked.
+struct Decline {
+    asked: Vec<OffloadReason>,
+}
+
+impl selfroute_core::OffloadGate for Decline {
+    async fn approve(&mut self, reason: OffloadReason) -> bool {
+        self.asked.push(reason);
+        false
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_declined_offload_is_answered_on_device_and_sends_nothing() {
+    let server = FaultServer::start(vec![Behaviour::Stream(vec!["never".into()])]).await;
+    let mut setup = Setup::new(server.url());
+    setup.budget = CloudBudget::new(0.5, 2).expect("budget");
+    let mut assistant = setup.build();
+    let messages = conversation();
+    let mut gate = Decline { asked: Vec::new() };
+    let mut events = Vec::new();
+    let outcome = assistant
+        .chat_gated(&messages, &mut gate, |event| {
+            if let RouteEvent::OffloadDeclined { reason } = event {
+                events.push(Event::Declined(reason));
+            }
+            Control::Continue
+        })
+        .await
+        .expect("answered");
+    assert_eq!(gate.asked, vec![OffloadReason::Token]);
+    assert_eq!(events, vec![Event::Declined(OffloadReason::Token)]);
+    assert_eq!(outcome.route, Route::Local);
+    assert_eq!(outcome.local_reason, Some(LocalReason::OffloadDeclined));
+    assert_eq!(outcome.offload_reason, Some(OffloadReason::Token));
+    assert!(!outcome.answer.is_empty(), "the device answered");
+    assert_eq!(outcome.cloud_attempts, 0);
+    assert!(server.requests().is_empty(), "nothing left the device");
+    // A declined offload is not a cloud call: the budget (1 of 2) still allows the next one.
+    assert_eq!(assistant.budget().calls_in_window(), 0);
 }

@@ -96,6 +96,24 @@ pub enum LocalReason {
     BudgetExhausted,
     /// The model asked for the cloud, which failed.
     CloudUnavailable,
+    /// The model asked for the cloud, and the [`OffloadGate`] (the user or host page) said no.
+    OffloadDeclined,
+}
+
+/// Asked before a conversation leaves the device: a host page may veto sending it out. In the
+/// browser the answer comes from another thread, so it is awaited.
+pub trait OffloadGate {
+    fn approve(&mut self, reason: OffloadReason) -> impl std::future::Future<Output = bool>;
+}
+
+/// The gate of [`Assistant::chat`]: every offload the model asks for (within the budget) goes out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApproveAll;
+
+impl OffloadGate for ApproveAll {
+    async fn approve(&mut self, _reason: OffloadReason) -> bool {
+        true
+    }
 }
 
 /// Everything a turn streams, in order.
@@ -105,6 +123,9 @@ pub enum RouteEvent<'a> {
     LocalText(&'a str),
     /// The model signalled offload; the cloud is being asked. Local text shown so far was a draft.
     OffloadStarted { reason: OffloadReason },
+    /// The model signalled offload but the gate declined; a local answer (offload masked) follows
+    /// and local text shown so far was a draft.
+    OffloadDeclined { reason: OffloadReason },
     /// Text of the cloud answer.
     CloudText(&'a str),
     /// The cloud failed; any cloud text shown is void and a local answer follows.
@@ -124,6 +145,8 @@ pub struct ChatOutcome {
     pub offload_reason: Option<OffloadReason>,
     /// Why the cloud call failed, for [`Route::Fallback`].
     pub cloud_error: Option<String>,
+    /// Tokens of the first local prompt (the rendered conversation).
+    pub prompt_tokens: usize,
     /// Tokens the local model generated this turn (draft and fallback included).
     pub local_tokens: usize,
     /// Prompt tokens of the first local generation served from the KV cache of the last turn.
@@ -209,12 +232,34 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
         &self.tokenizer
     }
 
+    /// The engine, for status (which device, how fast).
+    pub fn backend(&self) -> &B {
+        self.generator.backend()
+    }
+
+    /// Forgets the KV cache: the next turn starts from an empty context.
+    pub fn forget_context(&mut self) {
+        self.generator.backend_mut();
+    }
+
     /// Answers the last message of `messages`. The conversation is never modified: append
     /// `outcome.answer` as the assistant's message to go on. An `Err` means the local model itself
     /// failed (the conversation is still as it was).
     pub async fn chat(
         &mut self,
         messages: &[Message],
+        on_event: impl FnMut(RouteEvent<'_>) -> Control,
+    ) -> Result<ChatOutcome> {
+        self.chat_gated(messages, &mut ApproveAll, on_event).await
+    }
+
+    /// [`Assistant::chat`], asking `gate` before the conversation goes to the cloud. A declined
+    /// offload is answered locally with offload masked ([`LocalReason::OffloadDeclined`]) and does
+    /// not count against the budget.
+    pub async fn chat_gated(
+        &mut self,
+        messages: &[Message],
+        gate: &mut impl OffloadGate,
         mut on_event: impl FnMut(RouteEvent<'_>) -> Control,
     ) -> Result<ChatOutcome> {
         if messages.is_empty() {
@@ -228,6 +273,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
             local_reason: None,
             offload_reason: None,
             cloud_error: None,
+            prompt_tokens: 0,
             local_tokens: 0,
             reused_prompt_tokens: 0,
             cloud_tokens: 0,
@@ -253,6 +299,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
             .answer_locally(messages, may_offload, &mut first_text, &mut on_event)
             .await?;
         outcome.local_tokens += local.tokens;
+        outcome.prompt_tokens = local.prompt_tokens;
         outcome.reused_prompt_tokens = local.reused_prompt_tokens;
         outcome.cancelled = local.cancelled;
         let Some(reason) = local.offload else {
@@ -262,8 +309,24 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
         };
 
         // The model asked for the cloud.
-        self.budget.record(true);
         outcome.offload_reason = Some(reason);
+        if !gate.approve(reason).await {
+            self.budget.record(false);
+            outcome.local_reason = Some(LocalReason::OffloadDeclined);
+            if on_event(RouteEvent::OffloadDeclined { reason }) == Control::Stop {
+                outcome.cancelled = true;
+                outcome.answer = local.text;
+                return Ok(self.finish(outcome, started, first_text, &mut on_event));
+            }
+            let answer = self
+                .answer_locally(messages, false, &mut first_text, &mut on_event)
+                .await?;
+            outcome.local_tokens += answer.tokens;
+            outcome.cancelled = answer.cancelled;
+            outcome.answer = answer.text;
+            return Ok(self.finish(outcome, started, first_text, &mut on_event));
+        }
+        self.budget.record(true);
         if on_event(RouteEvent::OffloadStarted { reason }) == Control::Stop {
             outcome.cancelled = true;
             outcome.answer = local.text;
@@ -310,6 +373,27 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
             }
         }
         Ok(self.finish(outcome, started, first_text, &mut on_event))
+    }
+
+    /// A plain generation without routing (nothing biased, masked or watched for): `text` as a
+    /// user message through the chat template with `chat`, else as raw text. What `selfroute
+    /// generate` does, for parity checks and plain completions over the same loaded model.
+    pub async fn generate_plain(
+        &mut self,
+        text: &str,
+        chat: bool,
+        params: &GenerationParams,
+        on_token: impl FnMut(crate::generate::TokenEvent<'_>) -> Control,
+    ) -> Result<crate::generate::Generation> {
+        let prompt = if chat {
+            self.template
+                .encode(&[Message::user(text)], true, &self.tokenizer)?
+        } else {
+            self.tokenizer.encode_literal(text)?
+        };
+        self.generator
+            .generate(&self.tokenizer, &prompt, params, on_token)
+            .await
     }
 
     fn finish(
@@ -395,6 +479,7 @@ impl<B: Backend, C: CloudClient> Assistant<B, C> {
         Ok(LocalAnswer {
             text,
             tokens: generation.tokens.len(),
+            prompt_tokens: generation.prompt_tokens,
             reused_prompt_tokens: generation.reused_prompt_tokens,
             offload: offload.filter(|_| !user_stopped),
             cancelled: user_stopped
@@ -422,6 +507,7 @@ struct LocalAnswer {
     /// Text shown (before the signal, when there was one).
     text: String,
     tokens: usize,
+    prompt_tokens: usize,
     reused_prompt_tokens: usize,
     offload: Option<OffloadReason>,
     cancelled: bool,

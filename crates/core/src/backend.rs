@@ -79,7 +79,10 @@ pub trait Backend {
         let _ = (tokens, start_pos, pick);
         async {
             Err(crate::error::Error::Backend(
-                "this engine cannot pick tokens on its device".into(),
+                crate::error::BackendError::new(
+                    crate::error::BackendErrorKind::Unsupported,
+                    "this engine cannot pick tokens on its device",
+                ),
             ))
         }
     }

@@ -179,6 +179,72 @@ impl RetryPolicy {
     }
 }
 
+/// How one client sends one attempt of a request body and waits between attempts: all that
+/// differs between the native client (reqwest, tokio) and the browser's (fetch, timers).
+pub trait Transport {
+    /// Sends `body` once and streams the answer to `on_text`, setting `streamed` once any text
+    /// was handed out (after which no retry may happen).
+    fn attempt(
+        &self,
+        body: &[u8],
+        on_text: &mut dyn FnMut(&str) -> Control,
+        streamed: &mut bool,
+    ) -> impl Future<Output = Result<CloudCompletion, CloudError>>;
+
+    fn sleep(&self, wait: Duration) -> impl Future<Output = ()>;
+}
+
+/// One streamed call of `request` over `transport`, retried as `policy` allows: the loop every
+/// [`CloudClient`] shares, so native and browser clients retry, count and give up alike.
+pub async fn send_with_retries(
+    transport: &impl Transport,
+    policy: &RetryPolicy,
+    request: &ChatRequest,
+    on_text: &mut dyn FnMut(&str) -> Control,
+) -> CloudReply {
+    let mut request = request.clone();
+    request.stream = true;
+    let body = match serde_json::to_vec(&request) {
+        Ok(b) => b,
+        Err(e) => return CloudReply::not_sent(CloudError::Transport(e.to_string())),
+    };
+    let mut reply = CloudReply {
+        result: Err(CloudError::Cancelled),
+        bytes_sent: 0,
+        attempts: 0,
+    };
+    loop {
+        reply.attempts += 1;
+        reply.bytes_sent += body.len() as u64;
+        let mut streamed = false;
+        let error = match transport.attempt(&body, on_text, &mut streamed).await {
+            Ok(done) => {
+                reply.result = Ok(done);
+                return reply;
+            }
+            Err(e) => e,
+        };
+        match policy.delay_after(reply.attempts, &error, streamed) {
+            Some(wait) => transport.sleep(wait).await,
+            None => {
+                reply.result = Err(error);
+                return reply;
+            }
+        }
+    }
+}
+
+/// The `chat/completions` URL for a base such as `https://api.openai.com/v1`; a URL that already
+/// ends in `/chat/completions` is kept. (Clients check the URL itself with their own parser.)
+pub fn with_completions_path(base: &str) -> String {
+    let trimmed = base.trim().trim_end_matches('/');
+    if trimmed.ends_with("/chat/completions") {
+        trimmed.to_string()
+    } else {
+        format!("{trimmed}/chat/completions")
+    }
+}
+
 /// Reads a `Retry-After` header value: delay-seconds. (The HTTP-date form gives None; callers
 /// then back off as usual.)
 pub fn parse_retry_after(value: &str) -> Option<Duration> {

@@ -136,7 +136,57 @@ pub enum Error {
     InvalidConversation(String),
 
     #[error("backend error: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Backend(#[from] BackendError),
+}
+
+/// What kind of failure an engine reported, so a caller can react (fall back to the CPU on a lost
+/// device, tell the user to free memory) without downcasting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendErrorKind {
+    /// No device of the kind asked for exists (no GPU adapter).
+    NoAdapter,
+    /// The device went away (driver reset, tab backgrounded, GPU removed); its state is gone.
+    DeviceLost,
+    /// The device or host ran out of memory.
+    OutOfMemory,
+    /// The model or request cannot run on this engine (a weight format, a size past a limit).
+    Unsupported,
+    /// The call's input is wrong (positions, token ids).
+    InvalidInput,
+    /// Anything else: a bug or an unexpected engine state.
+    Failed,
+}
+
+/// An engine's error: its kind, and the engine's own error as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct BackendError {
+    pub kind: BackendErrorKind,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackendError {
+    pub fn new(
+        kind: BackendErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+        }
+    }
+}
+
+impl Error {
+    /// The engine failure's kind, when this is one.
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            Self::Backend(e) => Some(e.kind),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

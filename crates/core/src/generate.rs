@@ -2,7 +2,7 @@
 //! stream and stop. It is the same loop for every backend and for native and browser builds.
 
 use crate::backend::{Backend, LogitsFor};
-use crate::error::{Error, Result};
+use crate::error::{BackendError, BackendErrorKind, Error, Result};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{TextStream, Tokenizer};
 
@@ -135,8 +135,6 @@ impl<B: Backend> Generator<B> {
         self.backend.truncate_cache(common);
         self.cached.truncate(common);
 
-        // Sampling where the logits are when the engine can: a GPU then reads back one id.
-        let on_device = self.backend.picks_on_device();
         let chunk = params.prefill_chunk.max(1);
         let last_chunk = common + (prompt.len() - 1 - common) / chunk * chunk;
         let mut pos = common;
@@ -154,7 +152,7 @@ impl<B: Backend> Generator<B> {
             pos = end;
         }
         let first = self
-            .next_token(&prompt[pos..], pos, &mut sampler, params, prompt, on_device)
+            .next_token(&prompt[pos..], pos, &mut sampler, params, prompt)
             .await;
         let mut pending = match first {
             Ok(t) => Some(t),
@@ -213,14 +211,7 @@ impl<B: Backend> Generator<B> {
                 continue;
             }
             let step = self
-                .next_token(
-                    &[next],
-                    history.len() - 1,
-                    &mut sampler,
-                    params,
-                    &history,
-                    on_device,
-                )
+                .next_token(&[next], history.len() - 1, &mut sampler, params, &history)
                 .await;
             match step {
                 Ok(t) => {
@@ -255,15 +246,21 @@ impl<B: Backend> Generator<B> {
         sampler: &mut Sampler,
         params: &GenerationParams,
         history: &[u32],
-        on_device: bool,
     ) -> Result<u32> {
-        if on_device && let Some(pick) = sampler.device_pick(&params.logit_bias) {
+        // Sampling where the logits are when the engine can (a GPU then reads back one id); asked
+        // per token, since an engine may move to the host mid-answer (a lost GPU).
+        if self.backend.picks_on_device()
+            && let Some(pick) = sampler.device_pick(&params.logit_bias)
+        {
             return self.backend.forward_pick(tokens, pos, &pick).await;
         }
         let mut logits = self.backend.forward(tokens, pos, LogitsFor::Last).await?;
-        let row = logits
-            .last_row_mut()
-            .ok_or_else(|| Error::Backend("backend returned no logits".into()))?;
+        let row = logits.last_row_mut().ok_or_else(|| {
+            Error::Backend(BackendError::new(
+                BackendErrorKind::Failed,
+                "backend returned no logits",
+            ))
+        })?;
         for &(id, bias) in &params.logit_bias {
             if let Some(l) = row.get_mut(id as usize) {
                 *l += bias;

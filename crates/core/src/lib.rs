@@ -20,13 +20,15 @@ pub mod sampler;
 pub mod tokenizer;
 pub mod weights;
 
-pub use assistant::{Assistant, ChatOutcome, LocalReason, Route, RouteEvent, RoutingConfig};
+pub use assistant::{
+    ApproveAll, Assistant, ChatOutcome, LocalReason, OffloadGate, Route, RouteEvent, RoutingConfig,
+};
 pub use backend::{Backend, Logits, LogitsFor, TokenPick};
 pub use budget::CloudBudget;
 pub use chat::{ChatTemplate, Message, Role};
 pub use cloud::{CloudClient, CloudCompletion, CloudError, CloudReply, NoCloud, RetryPolicy};
 pub use config::{Architecture, ModelConfig, RopeLayout};
-pub use error::{Error, Result, SourceName, WireError};
+pub use error::{BackendError, BackendErrorKind, Error, Result, SourceName, WireError};
 pub use generate::{Control, FinishReason, Generation, GenerationParams, Generator, TokenEvent};
 pub use gguf::GgufFile;
 pub use offload::{

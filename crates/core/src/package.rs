@@ -16,7 +16,9 @@ pub struct ModelPackage {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
-    pub weights: Box<dyn WeightSource>,
+    /// `Send + Sync` so an engine can keep the source for a later reload (a CPU fallback after a
+    /// lost GPU) and still move between threads.
+    pub weights: Box<dyn WeightSource + Send + Sync>,
 }
 
 impl ModelPackage {

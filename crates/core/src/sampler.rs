@@ -118,52 +118,17 @@ impl Sampler {
         if self.params.temperature == 0.0 {
             return Ok(argmax(logits));
         }
-        let inv_t = 1.0 / self.params.temperature;
-        self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l * inv_t)),
-        );
-        if self.candidates.is_empty() {
-            return Err(Error::InvalidSampling("all logits are NaN".into()));
-        }
-        let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
-        if self.params.top_k > 0 && self.params.top_k < self.candidates.len() {
-            let k = self.params.top_k;
-            self.candidates.select_nth_unstable_by(k - 1, cmp);
-            self.candidates.truncate(k);
-        }
-        self.candidates.sort_unstable_by(cmp);
-        let max = self.candidates[0].1;
-        let mut total = 0.0f64;
-        for c in self.candidates.iter_mut() {
-            c.1 = (c.1 - max).exp();
-            total += f64::from(c.1);
-        }
-        if self.params.top_p < 1.0 {
-            let mut kept = 0.0f64;
-            let mut keep = self.candidates.len();
-            for (i, c) in self.candidates.iter().enumerate() {
-                kept += f64::from(c.1) / total;
-                if kept >= f64::from(self.params.top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            self.candidates.truncate(keep);
-            total = self.candidates.iter().map(|c| f64::from(c.1)).sum();
-        }
-        let mut target = self.rng.next_f64() * total;
-        for c in &self.candidates {
-            target -= f64::from(c.1);
-            if target <= 0.0 {
-                return Ok(c.0);
-            }
-        }
-        Ok(self.candidates[self.candidates.len() - 1].0)
+        let uniform = self.rng.next_f64();
+        choose(
+            logits,
+            &Cut {
+                temperature: self.params.temperature,
+                top_k: self.params.top_k,
+                top_p: self.params.top_p,
+            },
+            uniform,
+            &mut self.candidates,
+        )
     }
 
     fn apply_repetition_penalty(&self, logits: &mut [f32], history: &[u32]) {
@@ -180,6 +145,94 @@ impl Sampler {
                 *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
             }
         }
+    }
+}
+
+/// The temperature and the cuts of a sampled pick.
+struct Cut {
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+}
+
+/// A sampled pick: scale by the temperature, cut to the top k and the nucleus, then walk the
+/// remaining mass with `uniform` in [0, 1). Shared by the sampler and [`TokenPick::pick_from`], so
+/// a pick on the host after a device fallback is the pick the device would have made.
+fn choose(
+    logits: &[f32],
+    cut: &Cut,
+    uniform: f64,
+    candidates: &mut Vec<(u32, f32)>,
+) -> Result<u32> {
+    let inv_t = 1.0 / cut.temperature;
+    candidates.clear();
+    candidates.extend(
+        logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_nan())
+            .map(|(i, &l)| (i as u32, l * inv_t)),
+    );
+    if candidates.is_empty() {
+        return Err(Error::InvalidSampling("all logits are NaN".into()));
+    }
+    let cmp = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1);
+    if cut.top_k > 0 && cut.top_k < candidates.len() {
+        let k = cut.top_k;
+        candidates.select_nth_unstable_by(k - 1, cmp);
+        candidates.truncate(k);
+    }
+    candidates.sort_unstable_by(cmp);
+    let max = candidates[0].1;
+    let mut total = 0.0f64;
+    for c in candidates.iter_mut() {
+        c.1 = (c.1 - max).exp();
+        total += f64::from(c.1);
+    }
+    if cut.top_p < 1.0 {
+        let mut kept = 0.0f64;
+        let mut keep = candidates.len();
+        for (i, c) in candidates.iter().enumerate() {
+            kept += f64::from(c.1) / total;
+            if kept >= f64::from(cut.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        candidates.truncate(keep);
+        total = candidates.iter().map(|c| f64::from(c.1)).sum();
+    }
+    let mut target = uniform * total;
+    for c in candidates.iter() {
+        target -= f64::from(c.1);
+        if target <= 0.0 {
+            return Ok(c.0);
+        }
+    }
+    Ok(candidates[candidates.len() - 1].0)
+}
+
+impl TokenPick<'_> {
+    /// The pick on the host, from a row of logits (before the bias, which this adds): what an
+    /// engine that lost its device does with a pick it was handed.
+    pub fn pick_from(&self, logits: &mut [f32]) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(Error::InvalidSampling("empty logits".into()));
+        }
+        for &(id, bias) in self.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if self.temperature == 0.0 {
+            return Ok(argmax(logits));
+        }
+        let cut = Cut {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        };
+        choose(logits, &cut, self.uniform, &mut Vec::new())
     }
 }
 

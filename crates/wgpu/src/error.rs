@@ -28,8 +28,23 @@ pub enum GpuError {
 
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 
+impl GpuError {
+    /// The engine-independent kind, for callers that react to a lost device or missing adapter.
+    pub fn kind(&self) -> selfroute_core::BackendErrorKind {
+        use selfroute_core::BackendErrorKind as Kind;
+        match self {
+            Self::NoAdapter(_) | Self::Device(_) => Kind::NoAdapter,
+            Self::DeviceLost(_) => Kind::DeviceLost,
+            Self::OutOfMemory(_) => Kind::OutOfMemory,
+            Self::Unsupported(_) | Self::TooLarge { .. } => Kind::Unsupported,
+            Self::Invalid(_) => Kind::InvalidInput,
+            Self::Validation(_) | Self::Readback(_) => Kind::Failed,
+        }
+    }
+}
+
 impl From<GpuError> for selfroute_core::Error {
     fn from(e: GpuError) -> Self {
-        selfroute_core::Error::Backend(Box::new(e))
+        selfroute_core::Error::Backend(selfroute_core::BackendError::new(e.kind(), e))
     }
 }

@@ -428,6 +428,13 @@ impl GpuModel {
         self.cached
     }
 
+    /// Destroys the device now rather than when the model is dropped (a page unloading the model
+    /// frees GPU memory at once). Every later call fails as a lost device would, which is also
+    /// how tests exercise device loss.
+    pub fn destroy_device(&self) {
+        self.ctx.device.destroy();
+    }
+
     fn check_call(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
         if tokens.is_empty() {
             return Err(GpuError::Invalid("no tokens to run".into()));

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::engine::Engine;
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -21,6 +20,7 @@ use selfroute_core::{
     ChatTemplate, Control, Error as CoreError, FinishReason, GenerationParams, Generator,
     OffloadSignal, Role, SamplingParams, Tokenizer,
 };
+use selfroute_engine::Engine;
 use tokio::sync::mpsc;
 
 use super::api::{Limits, RequestId, error_response};
@@ -87,11 +87,10 @@ pub struct LocalEngine {
 
 impl LocalEngine {
     pub fn start(loaded: LoadedModel, max_queue: usize) -> Result<Self> {
-        let package = loaded.package;
-        let template = package
+        let template = loaded
             .chat_template
             .with_context(|| format!("{} has no chat template", loaded.path.display()))?;
-        let tokenizer = Arc::new(package.tokenizer);
+        let tokenizer = Arc::new(loaded.tokenizer);
         let signal = OffloadSignal::from_tokenizer(&tokenizer, None)?;
         let mut base_bias = Vec::new();
         mask_offload(&mut base_bias, &signal);
@@ -120,7 +119,7 @@ impl LocalEngine {
             tokenizer,
             template: Arc::new(template),
             base_bias,
-            context: package.config.context_length,
+            context: loaded.config.context_length,
             model_id,
             queued,
         })
