@@ -72,7 +72,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     workgroupBarrier();
     let srow = (t * dims.heads + h) * dims.capacity;
-    var m = -3.4028235e38;
+    // The lowest finite f32, spelled as bits: Chromium's Tint rejects the decimal literal, which
+    // rounds past f32::MAX.
+    var m = bitcast<f32>(0xff7fffffu);
     for (var p = lid; p < len; p = p + WG) {
         let k = p * dims.kv_dim + kv_off;
         var s = 0.0;
