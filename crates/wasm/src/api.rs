@@ -178,9 +178,10 @@ impl WasmAssistant {
             choice,
             ..EngineOptions::default()
         };
-        let (engine, selection) = load_engine(&config, weights, &engine_options)
+        let (engine, mut selection) = load_engine(&config, weights, &engine_options)
             .await
             .map_err(|e| errors::engine(&e))?;
+        name_the_adapter(&mut selection).await;
         let stop = StopFlag::default();
         let cloud = options
             .cloud
@@ -368,6 +369,38 @@ impl WasmAssistant {
             session.backend().0.release_gpu();
         }
         Ok(())
+    }
+}
+
+// wgpu names a browser adapter by its `description`, which Chromium leaves empty; vendor and
+// architecture say what it is ("google swiftshader").
+#[wasm_bindgen(inline_js = "
+export async function adapter_label() {
+  const gpu = globalThis.navigator && navigator.gpu;
+  const adapter = gpu ? await gpu.requestAdapter() : null;
+  if (!adapter) return '';
+  const info = adapter.info || {};
+  const parts = [info.vendor, info.architecture, info.description].filter((p) => p);
+  const fallback = info.isFallbackAdapter ? ' (software fallback)' : '';
+  return parts.join(' ') + fallback;
+}
+")]
+extern "C" {
+    fn adapter_label() -> js_sys::Promise;
+}
+
+async fn name_the_adapter(selection: &mut Selection) {
+    let Some(old) = selection.adapter.clone() else {
+        return;
+    };
+    let label = JsFuture::from(adapter_label())
+        .await
+        .ok()
+        .and_then(|v| v.as_string())
+        .filter(|l| !l.trim().is_empty());
+    if let Some(label) = label {
+        selection.reason = selection.reason.replace(&old, &label);
+        selection.adapter = Some(label);
     }
 }
 

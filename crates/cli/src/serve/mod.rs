@@ -4,6 +4,7 @@
 
 mod api;
 mod local;
+mod static_files;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::services::ServeDir;
 
 use crate::load;
 use crate::options::ModelArgs;
@@ -55,9 +55,15 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
 
-    /// Serve the files of this folder at / (e.g. the demo page).
+    /// Serve the files of this folder at / (e.g. the demo page, `target/site`).
     #[arg(long = "static", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
+
+    /// Send Cross-Origin-Opener-Policy: same-origin, Cross-Origin-Embedder-Policy: require-corp and
+    /// Cross-Origin-Resource-Policy: same-origin, so pages are cross-origin isolated (what the
+    /// browser asks before it allows wasm threads).
+    #[arg(long)]
+    pub cross_origin_isolation: bool,
 
     /// Allow cross-origin requests from this origin (repeatable; `*` for any). Off by default.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
@@ -156,7 +162,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             if !dir.is_dir() {
                 bail!("--static {}: not a folder", dir.display());
             }
-            app = app.fallback_service(ServeDir::new(dir));
+            app = app.fallback_service(static_files::service(dir));
+        }
+        if args.cross_origin_isolation {
+            app = app.layer(axum::middleware::map_response(
+                static_files::isolation_headers,
+            ));
         }
         if let Some(cors) = cors_layer(&args.cors_origins)? {
             app = app.layer(cors);
