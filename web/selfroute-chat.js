@@ -477,6 +477,11 @@ export class SelfRouteChat extends HTMLElement {
       case 'cloud':
         this.#appendText(view, event.text);
         break;
+      case 'offload-declined':
+        // The model starts its answer again with offload masked: what was shown was a draft.
+        view.resetPending = true;
+        view.declined = true;
+        break;
       case 'cloud-failed':
         view.resetPending = true;
         this.#setRoute(view, 'fallback', event.message);

@@ -519,6 +519,10 @@ class TurnTracker {
         this.route = 'fallback';
         this.#resetPending = true;
         break;
+      case 'offload-declined':
+        this.route = 'local';
+        this.#resetPending = true;
+        break;
       case 'done':
         this.sawDone = true;
         break;
@@ -819,6 +823,9 @@ class SelfRouteEngine {
         } else if (event.type === 'cloud') {
           state.source = 'cloud';
           yield delta(event.text ?? '');
+        } else if (event.type === 'offload-declined') {
+          state.source = 'local';
+          state.replace = true;
         } else if (event.type === 'cloud-failed') {
           state.source = 'local';
           state.cloudFailed = true;

@@ -41,3 +41,26 @@ test('asking for webgpu without an adapter is a NotSupportedError', async (t) =>
   }, demoModel());
   assert.equal(error?.name, 'NotSupportedError', JSON.stringify(error));
 });
+
+test('a file that is not a model is an InvalidModelError that names it, and nothing is cached', async (t) => {
+  const { site, page, watch } = await openSite(t);
+  watch.expect(/not a GGUF|InvalidModelError|invalid model/i);
+  const garbage = Buffer.alloc(4096, 7);
+  site.route('/models/garbage.gguf', (req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': garbage.length });
+    res.end(garbage);
+  });
+  await openApiPage(site, page);
+  const error = await page.evaluate(async (size) => {
+    try {
+      await window.SelfRoute.create({ model: { url: '/models/garbage.gguf', size }, backend: 'cpu', cloud: null });
+      return null;
+    } catch (e) {
+      return { name: e.name, message: e.message };
+    }
+  }, garbage.length);
+  assert.equal(error?.name, 'InvalidModelError', JSON.stringify(error));
+  assert.match(error.message, /garbage\.gguf/);
+  const cached = await page.evaluate(async () => (await (await caches.open('selfroute-models-v1')).keys()).length);
+  assert.equal(cached, 0);
+});
