@@ -402,7 +402,11 @@ function split(text, n) {
   return pieces.length ? pieces : [''];
 }
 
-async function serveFile(req, res, root, pathname) {
+/**
+ * `pathname` under `root`, with the site's headers (MIME type, no-cache for pages, scripts and
+ * wasm, byte ranges); also used by `bench/web` to serve wllama's files beside the site.
+ */
+export async function serveFile(req, res, root, pathname) {
   const file = path.join(root, path.normalize(decodeURIComponent(pathname)).replace(/^([/\\])+/, ''));
   if (!file.startsWith(path.resolve(root) + path.sep)) return sendText(res, 403, 'forbidden');
   let stat;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gpu;
+mod bench_web;
 mod browser_tests;
 mod demo;
 mod demo_model;
@@ -32,7 +33,10 @@ commands:
                 selfroute and selfroute-train)
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server
-  bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine";
+  bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine
+  bench web     the browser engine beside wllama in headless Chromium: CPU on one thread, WebGPU,
+                page load to ready (cold and cached), download sizes; JSON in target/bench-web.json
+                  --repeats N     runs per engine for the medians (default 5)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,6 +66,7 @@ fn run(args: &[String]) -> Result<()> {
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
         ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),
+        ["bench", "web", rest @ ..] => bench_web::run(&root, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())

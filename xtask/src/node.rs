@@ -1,6 +1,6 @@
-//! Node.js tools: the browser test harness (`tests/browser`, playwright-core) and binaryen's
-//! `wasm-opt`, both from npm. Debian's `wasm-opt` (binaryen 108) is not used: its `-Oz` output
-//! fails to load in Chromium (environment.md).
+//! Node.js tools: the browser test harness (`tests/browser`, playwright-core), the web bench's
+//! peer (`bench/web`, wllama) and binaryen's `wasm-opt`, all from npm. Debian's `wasm-opt`
+//! (binaryen 108) is not used: its `-Oz` output fails to load in Chromium (environment.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,23 +73,36 @@ pub fn wasm_opt(root: &Path) -> Result<PathBuf> {
 /// The browser test harness's packages (`tests/browser/package-lock.json`), installed with
 /// `npm ci` when the lock file changed since the last install.
 pub fn install_harness(root: &Path) -> Result<()> {
+    npm_ci(
+        &root.join("tests/browser"),
+        "the browser test harness's npm packages (tests/browser: playwright-core without browsers)",
+    )
+}
+
+/// `bench web`'s packages (`bench/web/package-lock.json`: wllama, the peer it measures).
+pub fn install_bench_web(root: &Path) -> Result<()> {
+    npm_ci(
+        &root.join("bench/web"),
+        "the web bench's npm packages (bench/web: @wllama/wllama)",
+    )
+}
+
+/// `npm ci` in `dir` when its lock file changed since the last install there.
+fn npm_ci(dir: &Path, what: &str) -> Result<()> {
     ensure_node()?;
-    let dir = root.join("tests/browser");
     let lock = setup::sha256_file(&dir.join("package-lock.json"))?;
     let marker = dir.join("node_modules/.selfroute-lock-sha256");
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(lock.as_str()) {
         return Ok(());
     }
-    step(
-        "installing the browser test harness's npm packages (tests/browser: npm ci, playwright-core without browsers)",
-    );
+    step(&format!("installing {what} with npm ci"));
     setup::timed("npm ci", || {
         setup::run(
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
                 // playwright-core downloads nothing, but say so in case a later version would.
                 .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-                .current_dir(&dir),
+                .current_dir(dir),
         )
         .context("npm ci failed: is the npm registry reachable?")
     })?;

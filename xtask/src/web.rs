@@ -68,15 +68,24 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
 
 /// Builds the site around an already made demo model; returns its folder.
 pub fn build_site(root: &Path, model: &DemoModel, build: WasmBuild) -> Result<PathBuf> {
+    let site = build_engine_files(root, build)?;
+    step(
+        "copying the demo page into the site (index.html with the demo model's SHA-256 and size) and linking the demo model",
+    );
+    copy_page(root, &site, model)?;
+    link_model(&model.path, &site.join(demo_model::DEMO_MODEL))?;
+    Ok(site)
+}
+
+/// The engine's part of the site: the wasm, its glue and `web/*.js`, without the demo page and
+/// model. `bench web` needs only this (it serves the default model itself), so it does not make
+/// the demo model. Returns the site's folder.
+pub fn build_engine_files(root: &Path, build: WasmBuild) -> Result<PathBuf> {
     let site = root.join(SITE);
     let wasm = build_wasm(root, build)?;
     bind_wasm(root, &wasm, &site.join("web/pkg"), build)?;
-    step(
-        "copying the page and its scripts into the site (index.html with the demo model's SHA-256 and size)",
-    );
-    copy_page(root, &site, model)?;
+    step("copying the scripts into the site (web/*.js)");
     copy_web_files(&root.join("web"), &site.join("web"))?;
-    link_model(&model.path, &site.join(demo_model::DEMO_MODEL))?;
     Ok(site)
 }
 

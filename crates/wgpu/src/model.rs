@@ -133,6 +133,9 @@ impl GpuModel {
         weights: &dyn WeightSource,
         options: &GpuOptions,
     ) -> Result<Self> {
+        // Shader and pipeline errors surface here rather than at the first answer (in a browser
+        // they arrive asynchronously), so a caller can still choose another engine.
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let capacity = config.context_length.min(options.max_context).max(1);
         let chunk = options.chunk.clamp(1, capacity);
         let c = config;
@@ -384,6 +387,9 @@ impl GpuModel {
         let sampler = GpuSampler::new(&ctx, &act.logits, c.vocab_size)?;
         let logits_readback = ctx.readback_buffer("logits readback", f(c.vocab_size));
         let token_readback = ctx.readback_buffer("token readback", 4);
+        if let Some(error) = validation.pop().await {
+            return Err(GpuError::Validation(error.to_string()));
+        }
         #[cfg(not(target_arch = "wasm32"))]
         ctx.wait()?;
         ctx.check()?;

@@ -1,4 +1,6 @@
 //! Picks the widest instruction set this CPU has, once, and runs the kernel body compiled for it.
+//! On wasm32 the choice is made at build time: simd128 kernels when the target enables simd128
+//! (`.cargo/config.toml` does), the portable body otherwise.
 
 use super::dot;
 use super::matrix::QuantMatrix;
@@ -36,6 +38,14 @@ enum Level {
     Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    Simd128,
+    /// The portable body; on wasm32 with simd128 the choice is made at build time and never
+    /// falls to it, but every target keeps one path that needs nothing.
+    #[cfg_attr(
+        all(target_arch = "wasm32", target_feature = "simd128"),
+        allow(dead_code)
+    )]
     Baseline,
 }
 
@@ -62,7 +72,14 @@ fn level() -> Level {
             }
         })
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    {
+        Level::Simd128
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        all(target_arch = "wasm32", target_feature = "simd128")
+    )))]
     Level::Baseline
 }
 
@@ -73,6 +90,8 @@ pub fn matvec_rows(w: &QuantMatrix, first: usize, x: &[f32], sums: &[f32], out: 
         Level::Avx512 => unsafe { super::avx512::matvec_rows(w, first, x, sums, out) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { super::avx2::matvec_rows(w, first, x, sums, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Level::Simd128 => super::simd128::matvec_rows(w, first, x, sums, out),
         Level::Baseline => dot::matvec_rows(w, first, x, sums, out),
     }
 }
@@ -84,6 +103,8 @@ pub fn matmul_rows(w: &QuantMatrix, first: usize, xs: &[f32], batch: usize, out:
         Level::Avx512 => unsafe { x86::matmul_avx512(w, first, xs, batch, out) },
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { x86::matmul_avx2(w, first, xs, batch, out) },
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Level::Simd128 => super::simd128::matmul_rows(w, first, xs, batch, out),
         Level::Baseline => dot::matmul_rows(w, first, xs, batch, out),
     }
 }
@@ -95,6 +116,8 @@ pub fn describe() -> &'static str {
         Level::Avx512 => "avx512",
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => "avx2",
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        Level::Simd128 => "simd128",
         Level::Baseline => "baseline",
     }
 }

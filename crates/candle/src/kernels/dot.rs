@@ -104,9 +104,27 @@ pub fn matmul_rows(w: &QuantMatrix, first_row: usize, xs: &[f32], batch: usize, 
     for (i, row) in tile.chunks_exact_mut(cols).enumerate() {
         dequantize_row(w.format(), w.row(first_row + i), row);
     }
-    // out[r, b] = sum_c tile[r, c] * xs[b, c]: tile is row-major, xs read transposed.
+    gemm_tile(&tile, rows, cols, xs, batch, out);
+}
+
+/// out[r, b] = sum_c tile[r, c] * xs[b, c]: the f32 GEMM of a dequantized row tile
+/// ([rows, cols], row-major) with every activation row ([batch, cols]); out is [rows, batch].
+#[inline(always)]
+pub fn gemm_tile(
+    tile: &[f32],
+    rows: usize,
+    cols: usize,
+    xs: &[f32],
+    batch: usize,
+    out: &mut [f32],
+) {
+    assert!(
+        tile.len() == rows * cols && xs.len() >= batch * cols && out.len() == rows * batch,
+        "tile, activations and output sized by the caller"
+    );
+    // Tile row-major, xs read transposed.
     // SAFETY: the pointers and strides describe exactly the slices above (rows x cols tile,
-    // cols x batch view of xs, rows x batch out), all in bounds and not aliased.
+    // cols x batch view of xs, rows x batch out), all in bounds (asserted) and not aliased.
     unsafe {
         gemm::gemm(
             rows,

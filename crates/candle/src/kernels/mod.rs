@@ -6,8 +6,9 @@
 //! `sum_j x_j (q_j d + m) = d * sum_j x_j q_j + m * sum_j x_j`. Weights are repacked at load into
 //! separate arrays of quants and f16 scales/offsets, so the hot loops read plain bytes.
 //!
-//! One generic body is compiled three times (AVX-512, AVX2+FMA, baseline) and chosen at run time;
-//! on wasm32 the baseline is built with simd128 when the target enables it.
+//! Natively, hand-written AVX-512 and AVX2 matrix-vector kernels and one generic body compiled
+//! for each level (AVX-512, AVX2+FMA, baseline) are chosen at run time. On wasm32 with simd128
+//! (the browser build), hand-written simd128 kernels run; the generic body is the fallback.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -16,6 +17,8 @@ mod avx512;
 mod dispatch;
 mod dot;
 mod matrix;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd128;
 
 pub use dispatch::describe as selected_path;
 pub use matrix::{BlockFormat, KernelError, QuantMatrix};

@@ -1,6 +1,14 @@
 //! Every kernel path against a plain f64 product of the dequantized weights.
+//!
+//! The same tests run natively and, for the simd128 kernels, in wasm32 (`cargo xtask test` runs
+//! them in headless Chromium's dedicated worker through wasm-bindgen-test-runner, the browser
+//! engine that runs the real thing).
 
 use super::matrix::{BLOCK, BlockFormat, QuantMatrix};
+// In wasm32, wasm-bindgen-test-runner runs `#[wasm_bindgen_test]` functions, not libtest's;
+// this import makes every `#[test]` below one of them.
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 /// Deterministic pseudo-random bytes / floats.
 struct Lcg(u64);
@@ -106,10 +114,13 @@ fn check(format: BlockFormat, rows: usize, cols: usize, batch: usize) {
 
 #[test]
 fn all_formats_shapes_and_batches_match_the_f64_reference() {
-    // The path is chosen once per process from SELFROUTE_KERNEL; CI runs this file on the widest
-    // path the machine has, and `kernel_paths_agree` below compares paths directly.
+    // The path is chosen once per process from SELFROUTE_KERNEL (natively; in wasm32 at build
+    // time); CI runs this file on the widest path the machine has, and
+    // `every_compiled_path_agrees_with_the_baseline` below compares paths directly. Row counts
+    // that are not multiples of 4 exercise the kernels' single-row tails; 576 columns are 18
+    // blocks, which the simd128 kernel reads four at a time with a tail of two.
     for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
-        for (rows, cols) in [(1, 32), (7, 64), (37, 576), (130, 1536)] {
+        for (rows, cols) in [(1, 32), (7, 64), (6, 96), (37, 576), (130, 1536)] {
             for batch in [1, 3, 17] {
                 check(format, rows, cols, batch);
             }
@@ -143,6 +154,23 @@ fn every_compiled_path_agrees_with_the_baseline() {
                 );
             }
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        {
+            let mut fast = vec![0f32; rows];
+            super::simd128::matvec_rows(&m, 0, &x, &sums, &mut fast);
+            for (a, b) in fast.iter().zip(&baseline) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "{format:?}: simd128 {a} vs baseline {b}"
+                );
+            }
+            let (mut fast, mut portable) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in [0, rows - 1] {
+                super::simd128::dequantize_row(format, m.row(r), &mut fast);
+                super::dot::dequantize_row(format, m.row(r), &mut portable);
+                assert_eq!(fast, portable, "{format:?}: simd128 dequantized row {r}");
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
@@ -156,6 +184,33 @@ fn every_compiled_path_agrees_with_the_baseline() {
                     (a - b).abs() <= 1e-4 * b.abs().max(1.0),
                     "{format:?}: avx2 {a} vs baseline {b}"
                 );
+            }
+        }
+    }
+}
+
+/// Every f16 bit pattern converts to the f32 `half` gives, bit for bit (NaNs to NaNs: `half`
+/// also sets the quiet bit, which a scale's NaN-ness does not depend on).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[test]
+fn simd128_f16_conversion_is_exact_for_every_value() {
+    use core::arch::wasm32::{f32x4_extract_lane, u32x4};
+    for first in (0..=u16::MAX).step_by(4) {
+        let bits: [u16; 4] = std::array::from_fn(|k| first + k as u16);
+        let [a, b, c, d] = bits.map(u32::from);
+        let v = super::simd128::f16x4_to_f32x4(u32x4(a, b, c, d));
+        let got = [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ];
+        for (h, g) in bits.iter().zip(got) {
+            let want = half::f16::from_bits(*h).to_f32();
+            if want.is_nan() {
+                assert!(g.is_nan(), "f16 {h:#06x}: {g} vs NaN");
+            } else {
+                assert_eq!(g.to_bits(), want.to_bits(), "f16 {h:#06x}: {g} vs {want}");
             }
         }
     }
