@@ -145,9 +145,16 @@ impl GpuContext {
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.wait()?;
-        rx.await
-            .map_err(|_| GpuError::Readback("the GPU dropped the readback".into()))?
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        // A mapping fails when the device is gone; the recorded fault says so (DeviceLost), which
+        // callers react to, where a bare readback error would not.
+        let mapped = match rx.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("the GPU dropped the readback".to_string()),
+        };
+        if let Err(reason) = mapped {
+            self.check()?;
+            return Err(GpuError::Readback(reason));
+        }
         let data = {
             let view = slice
                 .get_mapped_range()
