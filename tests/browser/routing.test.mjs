@@ -79,3 +79,36 @@ for (const fault of FAULTS) {
     assert.ok(!outcome.answer.includes('<|offload|>'));
   });
 }
+
+test('chat.completions.create gives OpenAI-shaped chunks and completions, tagged with their source', async (t) => {
+  const text = 'Cloud: 192,852.';
+  const { page } = await engineWithCloud(t, { mode: 'ok', text }, { offloadBias: 100 });
+  const streamed = await page.evaluate(async (messages) => {
+    const chunks = [];
+    const stream = await window.engine.chat.completions.create({
+      messages,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    for await (const chunk of stream) chunks.push(chunk);
+    return chunks;
+  }, QUESTION);
+  assert.ok(streamed.every((c) => c.object === 'chat.completion.chunk' && typeof c.id === 'string'));
+  const content = streamed.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+  assert.equal(content, text);
+  const withContent = streamed.filter((c) => c.choices[0]?.delta?.content);
+  assert.ok(withContent.every((c) => c.selfroute.source === 'cloud' && c.selfroute.offload === 'token'));
+  const finishes = streamed.map((c) => c.choices[0]?.finish_reason).filter(Boolean);
+  assert.deepEqual(finishes, ['stop']);
+  const usage = streamed.at(-1).usage;
+  assert.ok(usage && usage.completion_tokens > 0 && usage.prompt_tokens > 0, JSON.stringify(usage));
+
+  const whole = await page.evaluate(
+    (messages) => window.engine.chat.completions.create({ messages, stream: false }),
+    [{ role: 'user', content: 'What is 3 times 3?' }],
+  );
+  assert.equal(whole.object, 'chat.completion');
+  assert.equal(whole.choices[0].message.role, 'assistant');
+  assert.equal(whole.choices[0].message.content, text);
+  assert.equal(whole.selfroute.source, 'cloud');
+});
