@@ -106,6 +106,19 @@ pub fn ensure_lavapipe() -> Result<()> {
     )
 }
 
+/// Debian's `chromium-driver`: wasm-bindgen-test-runner drives headless Chromium through it for
+/// the wasm32 kernel tests. Installed with apt when missing; returns its path.
+pub fn ensure_chromedriver() -> Result<PathBuf> {
+    let path = PathBuf::from("/usr/bin/chromedriver");
+    if !path.exists() {
+        apt_install(
+            &["chromium-driver"],
+            "chromedriver for the wasm32 kernel tests in headless Chromium",
+        )?;
+    }
+    Ok(path)
+}
+
 /// Installs Debian packages with apt (through sudo unless root), announcing why.
 pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     step(&format!("installing {why} (apt: {})", packages.join(" ")));

@@ -71,6 +71,9 @@ pub fn run(root: &Path) -> Result<()> {
         )?;
     }
 
+    // Before the browser tests: it builds the wasm dependencies the site build then reuses.
+    wasm_kernel_tests(root)?;
+
     browser(root, &model, &chromium)?;
 
     crate::fuzz::smoke(root)?;
@@ -80,6 +83,35 @@ pub fn run(root: &Path) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// The quantized kernels' unit tests (f64 reference, portable body, every f16 scale) compiled for
+/// wasm32 with simd128 and run where the page runs them: V8 in a dedicated worker of headless
+/// Chromium, through wasm-bindgen-test-runner (`.cargo/config.toml`'s wasm32 runner, installed
+/// with wasm-bindgen-cli). Profile `wasm`, the optimisation the site ships with, so the site
+/// build reuses the dependencies.
+fn wasm_kernel_tests(root: &Path) -> Result<()> {
+    let chromedriver = setup::ensure_chromedriver()?;
+    crate::wasm_bindgen::ensure(root)?;
+    step("kernel tests in wasm32 (simd128) in headless Chromium, wasm-bindgen-test in a worker");
+    setup::timed("wasm32 kernel tests", || {
+        setup::run(
+            Command::new(env!("CARGO"))
+                .args([
+                    "test",
+                    "--profile",
+                    "wasm",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                    "-p",
+                    "selfroute-candle",
+                    "--lib",
+                ])
+                .env("CHROMEDRIVER", chromedriver)
+                .env("WASM_BINDGEN_USE_DEDICATED_WORKER", "1")
+                .current_dir(root),
+        )
+    })
 }
 
 /// `cargo xtask test browser`: only the browser part, for working on the page or its tests.
