@@ -71,7 +71,7 @@ pub fn run(root: &Path) -> Result<()> {
         )?;
     }
 
-    // Before the browser tests: it builds the wasm dependencies the site build then reuses.
+    // Before the browser tests, whose site build reuses the wasm dependencies it compiles.
     wasm_kernel_tests(root)?;
 
     browser(root, &model, &chromium)?;
@@ -88,8 +88,10 @@ pub fn run(root: &Path) -> Result<()> {
 /// The quantized kernels' unit tests (f64 reference, portable body, every f16 scale) compiled for
 /// wasm32 with simd128 and run where the page runs them: V8 in a dedicated worker of headless
 /// Chromium, through wasm-bindgen-test-runner (`.cargo/config.toml`'s wasm32 runner, installed
-/// with wasm-bindgen-cli). Profile `wasm`, the optimisation the site ships with, so the site
-/// build reuses the dependencies.
+/// with wasm-bindgen-cli). Profile `wasm`, the optimisation the site ships with; naming
+/// selfroute-wasm too (its lib has no tests) resolves dependency features as the site build does,
+/// so that build reuses every dependency compiled here (a cold run is ~80 s, nearly all of it
+/// compiling what the site build would otherwise compile).
 fn wasm_kernel_tests(root: &Path) -> Result<()> {
     let chromedriver = setup::ensure_chromedriver()?;
     crate::wasm_bindgen::ensure(root)?;
@@ -105,6 +107,8 @@ fn wasm_kernel_tests(root: &Path) -> Result<()> {
                     "wasm32-unknown-unknown",
                     "-p",
                     "selfroute-candle",
+                    "-p",
+                    "selfroute-wasm",
                     "--lib",
                 ])
                 .env("CHROMEDRIVER", chromedriver)
