@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use selfroute_core::{ChatTemplate, ModelConfig, ModelPackage, SourceName, Tokenizer};
-use selfroute_engine::{Engine, EngineOptions, GpuOptions, Selection, load_engine};
+use selfroute_engine::{Engine, EngineError, EngineOptions, GpuOptions, Selection, load_engine};
 
 use crate::options::ModelArgs;
 
@@ -69,8 +69,14 @@ pub fn load(args: &ModelArgs) -> Result<LoadedModel> {
             ..GpuOptions::default()
         },
     };
-    let (model, selection) = pollster::block_on(load_engine(&config, weights, &options))
-        .with_context(|| format!("loading {}", path.display()))?;
+    let (model, selection) = match pollster::block_on(load_engine(&config, weights, &options)) {
+        Err(e @ EngineError::NoAdapter(_)) => {
+            return Err(anyhow::Error::new(e).context(
+                "starting the GPU engine (try --device cpu, or --device auto to use the CPU when there is no GPU)",
+            ));
+        }
+        loaded => loaded.with_context(|| format!("loading {}", path.display()))?,
+    };
     Ok(LoadedModel {
         model,
         selection,
