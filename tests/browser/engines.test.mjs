@@ -26,6 +26,8 @@ test('with only a software adapter, auto chooses the CPU and says why', async (t
   const loaded = await createEngine(page, { model: demoModel(), cloud: null, backend: 'auto' });
   assert.equal(loaded.backend, 'cpu');
   assert.match(loaded.backendReason, /software/);
+  // Named as the browser describes it, not as wgpu's empty name.
+  assert.match(loaded.backendReason, /swiftshader/i, loaded.backendReason);
 });
 
 test('asking for webgpu without an adapter is a NotSupportedError', async (t) => {

@@ -14,4 +14,4 @@ pub use assistant::{OffloadRouting, RoutingOptions, build_assistant};
 pub use choice::{BackendChoice, EngineKind, EngineOptions, Selection, load_engine};
 pub use engine::Engine;
 pub use error::EngineError;
-pub use selfroute_wgpu::GpuOptions;
+pub use selfroute_wgpu::{GpuOptions, UNNAMED_ADAPTER};

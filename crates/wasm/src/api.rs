@@ -390,9 +390,12 @@ extern "C" {
 }
 
 async fn name_the_adapter(selection: &mut Selection) {
-    let Some(old) = selection.adapter.clone() else {
-        return;
-    };
+    // The GPU engine's adapter, or the one `auto` passed over (named in the reason).
+    // (`BrowserWebGpu` is how the GPU context names wgpu's browser backend.)
+    let old = selection
+        .adapter
+        .clone()
+        .unwrap_or_else(|| format!("{} (BrowserWebGpu)", selfroute_engine::UNNAMED_ADAPTER));
     let label = JsFuture::from(adapter_label())
         .await
         .ok()
@@ -400,7 +403,9 @@ async fn name_the_adapter(selection: &mut Selection) {
         .filter(|l| !l.trim().is_empty());
     if let Some(label) = label {
         selection.reason = selection.reason.replace(&old, &label);
-        selection.adapter = Some(label);
+        if selection.adapter.is_some() {
+            selection.adapter = Some(label);
+        }
     }
 }
 

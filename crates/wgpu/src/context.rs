@@ -5,6 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{GpuError, Result};
 
+/// What an adapter is called when its driver gives no name (Chromium's WebGPU leaves
+/// `GPUAdapterInfo.description` empty); a browser front end can replace it with vendor and
+/// architecture.
+pub const UNNAMED_ADAPTER: &str = "unnamed adapter";
+
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -63,7 +68,11 @@ impl GpuContext {
         Ok(Self {
             device,
             queue,
-            adapter_name: format!("{} ({:?})", info.name, info.backend),
+            adapter_name: if info.name.trim().is_empty() {
+                format!("{UNNAMED_ADAPTER} ({:?})", info.backend)
+            } else {
+                format!("{} ({:?})", info.name, info.backend)
+            },
             limits,
             device_type: info.device_type,
             fault,

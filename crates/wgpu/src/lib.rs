@@ -17,6 +17,6 @@ pub mod rope;
 pub mod sample;
 pub mod swiglu;
 
-pub use context::GpuContext;
+pub use context::{GpuContext, UNNAMED_ADAPTER};
 pub use error::{GpuError, Result};
 pub use model::{GpuModel, GpuOptions, StepProfile};
