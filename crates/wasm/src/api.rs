@@ -5,8 +5,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use selfroute_core::{
-    Assistant, ChatOutcome, Control, GenerationParams, Message, ModelPackage, OffloadGate,
-    OffloadReason, Route, SamplingParams,
+    Assistant, ChatOutcome, GenerationParams, Message, ModelPackage, OffloadGate, OffloadReason,
+    Route, SamplingParams,
 };
 use selfroute_engine::{
     BackendChoice, EngineKind, EngineOptions, RoutingOptions, Selection, build_assistant,
@@ -141,6 +141,15 @@ pub struct WasmAssistant {
     last_turn: Rc<RefCell<TurnStats>>,
 }
 
+/// An options object, its defaults when the caller passed none.
+fn options_from_js<T: Default + serde::de::DeserializeOwned>(value: JsValue) -> Result<T, JsValue> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(value)
+        .map_err(|e| errors::named("DataError", format!("options: {e}")))
+}
+
 fn js_backend_name(kind: EngineKind) -> &'static str {
     match kind {
         EngineKind::Gpu => "webgpu",
@@ -153,12 +162,7 @@ impl WasmAssistant {
     /// Parses the GGUF in `bytes` (copied), loads it into the engine `options.backend` chooses and
     /// assembles the routing session.
     pub async fn load(bytes: &[u8], options: JsValue) -> Result<WasmAssistant, JsValue> {
-        let options: LoadOptions = if options.is_undefined() || options.is_null() {
-            LoadOptions::default()
-        } else {
-            serde_wasm_bindgen::from_value(options)
-                .map_err(|e| errors::named("DataError", format!("options: {e}")))?
-        };
+        let options: LoadOptions = options_from_js(options)?;
         let choice: BackendChoice = options.backend.parse().map_err(|e| errors::engine(&e))?;
         let package = ModelPackage::from_gguf(options.source_name.clone(), bytes.to_vec())
             .map_err(|e| errors::invalid_model(&e))?;
@@ -267,11 +271,7 @@ impl WasmAssistant {
                 .chat_gated(&messages, &mut gate, |e| {
                     // A throwing listener must not end the turn: the answer is still wanted.
                     let _ = on_event.call1(&JsValue::NULL, &event(&e));
-                    if stop.is_requested() {
-                        Control::Stop
-                    } else {
-                        Control::Continue
-                    }
+                    stop.control()
                 })
                 .await;
             kind.set(assistant.backend().0.kind());
@@ -290,12 +290,7 @@ impl WasmAssistant {
         let last_turn = self.last_turn.clone();
         let base = self.generation.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let options: GenerateOptions = if options.is_undefined() || options.is_null() {
-                GenerateOptions::default()
-            } else {
-                serde_wasm_bindgen::from_value(options)
-                    .map_err(|e| errors::named("DataError", format!("options: {e}")))?
-            };
+            let options: GenerateOptions = options_from_js(options)?;
             let mut assistant = session.take()?;
             stop.clear();
             let params = GenerationParams {
@@ -308,11 +303,7 @@ impl WasmAssistant {
             let result = assistant
                 .generate_plain(&prompt, options.chat, &params, |_| {
                     first.get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
-                    if stop.is_requested() {
-                        Control::Stop
-                    } else {
-                        Control::Continue
-                    }
+                    stop.control()
                 })
                 .await;
             kind.set(assistant.backend().0.kind());

@@ -42,6 +42,15 @@ impl StopFlag {
     pub fn is_requested(&self) -> bool {
         self.0.get()
     }
+
+    /// What a generation callback returns: stop once `stop()` was called.
+    pub fn control(&self) -> selfroute_core::Control {
+        if self.is_requested() {
+            selfroute_core::Control::Stop
+        } else {
+            selfroute_core::Control::Continue
+        }
+    }
 }
 
 /// The engine, yielding to the event loop before each forward call.
