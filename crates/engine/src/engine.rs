@@ -113,7 +113,11 @@ impl Engine {
         true
     }
 
+    /// Keeps the cached ids for a replay; only while there is a GPU to lose.
     fn record(&mut self, tokens: &[u32], start_pos: usize) {
+        if self.reserve.is_none() {
+            return;
+        }
         self.cached.truncate(start_pos);
         self.cached.extend_from_slice(tokens);
     }
