@@ -33,7 +33,7 @@ const PREPARE_ARGS: &[&str] = &[
 /// The trainer code the prepared file depends on: the command, the token fit, the forward pass
 /// it fits through, and the GGUF writer.
 const TRAINER_SOURCES: &[&str] = &[
-    "trainer/src/main.rs",
+    "trainer/src/bin/selfroute-train/prepare.rs",
     "trainer/src/prepare.rs",
     "trainer/src/warmup.rs",
     "trainer/src/model.rs",

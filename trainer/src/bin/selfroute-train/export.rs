@@ -1,0 +1,60 @@
+//! `selfroute-train export`: a checkpoint as a GGUF file (and optionally a Hugging Face folder).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use clap::Args;
+use selfroute_train::export::{ExportType, gguf_bytes, write_atomically, write_hf_folder};
+use selfroute_train::model::TrainableModel;
+
+use crate::model_file::read_gguf;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The GGUF the checkpoint was trained from (its tokenizer and metadata are kept).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// A checkpoint written by `train`.
+    #[arg(long, value_name = "PATH")]
+    checkpoint: PathBuf,
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// f32, f16, q8_0 or q4_1.
+    #[arg(long = "type", default_value = "q8_0")]
+    format: String,
+    /// Also write a Hugging Face folder (config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json) here.
+    #[arg(long, value_name = "DIR")]
+    hf: Option<PathBuf>,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let format = ExportType::parse(&args.format)?;
+    let (package, source) = read_gguf(&args.model)?;
+    let model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let checkpoint = selfroute_train::checkpoint::load(&args.checkpoint, DType::F32, &Device::Cpu)?;
+    selfroute_train::checkpoint::load_weights_into(&model, &checkpoint.weights, &args.checkpoint)?;
+    let bytes = gguf_bytes(&model, &source, &[], format)?;
+    write_atomically(&args.out, &bytes)?;
+    if let Some(dir) = &args.hf {
+        let template = source
+            .metadata("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        write_hf_folder(&model, &package.tokenizer, template.as_deref(), dir)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    eprintln!(
+        "wrote {} ({:.1} MB, step {})",
+        args.out.display(),
+        bytes.len() as f64 / 1e6,
+        checkpoint.position.step
+    );
+    Ok(())
+}

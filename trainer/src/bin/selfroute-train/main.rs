@@ -1,0 +1,46 @@
+//! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
+
+mod device;
+mod export;
+mod model_file;
+mod prepare;
+mod progress;
+mod train;
+
+use clap::{Parser, Subcommand};
+#[derive(Parser)]
+#[command(
+    name = "selfroute-train",
+    version,
+    about = "Teach a small model when to offload (GAPG, arXiv:2509.24050)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add the <|offload|> token to a GGUF model and warm it up so RL has offloads to reinforce.
+    Prepare(prepare::PrepareArgs),
+    /// Post-train with the hierarchical reward, group policy gradient and adaptive filtering.
+    Train(train::TrainArgs),
+    /// Write a trained checkpoint as a GGUF file the inference engine and the browser load.
+    Export(export::ExportArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `selfroute-train prepare`: add <|offload|> to a model and warm it up.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use selfroute_core::{ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
+use selfroute_train::export::{AddedToken, ExportType, gguf_bytes, write_atomically};
+use selfroute_train::model::TrainableModel;
+use selfroute_train::prepare::add_offload_token;
+use selfroute_train::rollout::{RolloutConfig, rollout_group};
+use selfroute_train::tasks::{Split, parse_task};
+use selfroute_train::train::prompt_ids;
+
+use crate::model_file::read_gguf;
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// GGUF model without <|offload|>.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Where to write the prepared GGUF.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Task whose prompts the warm-up uses (see `train --task`).
+    #[arg(long, default_value = "arith")]
+    task: String,
+    /// Prompts for the warm-up and the offload-rate measurement.
+    #[arg(long, default_value_t = 32)]
+    prompts: usize,
+    /// Mean probability of <|offload|> as the first answer token after the warm-up.
+    #[arg(long, default_value_t = 0.15)]
+    target_rate: f64,
+    /// Tokens sampled per prompt when measuring the initial offload rate.
+    #[arg(long, default_value_t = 32)]
+    sample_tokens: usize,
+    /// Weight format of the written file: f32, f16, q8_0, q4_1.
+    #[arg(long = "type", default_value = "f32")]
+    format: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: PrepareArgs) -> Result<()> {
+    let format = ExportType::parse(&args.format)?;
+    let (package, source) = read_gguf(&args.model)?;
+    let template = package
+        .chat_template
+        .as_ref()
+        .context("the model has no chat template")?;
+    let task = parse_task(&args.task)?;
+    let problems = task.problems(Split::Train, args.prompts.max(1), args.seed)?;
+    let prompts = problems
+        .iter()
+        .map(|p| prompt_ids(template, &package.tokenizer, task.as_ref(), p))
+        .collect::<selfroute_train::Result<Vec<_>>>()?;
+    let mut model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    eprintln!(
+        "adding {OFFLOAD_TOKEN} and fitting its row on {} {} prompts ...",
+        prompts.len(),
+        task.name()
+    );
+    let (id, report) =
+        add_offload_token(&mut model, &package.tokenizer, &prompts, args.target_rate)?;
+    let added = [AddedToken {
+        text: OFFLOAD_TOKEN.to_string(),
+        token_type: 3,
+    }];
+    let bytes = gguf_bytes(&model, &source, &added, format)?;
+    write_atomically(&args.out, &bytes)?;
+    // Measure on the file as written: what `train` will start from.
+    let prepared = ModelPackage::from_gguf(args.out.display().to_string(), bytes)?;
+    let prepared_model = TrainableModel::from_weights(
+        &prepared.config,
+        prepared.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let signal = OffloadSignal::from_tokenizer(&prepared.tokenizer, None)?;
+    let mut offloaded = 0;
+    for (i, prompt) in prompts.iter().enumerate() {
+        let sample = rollout_group(
+            &prepared_model,
+            &prepared.tokenizer,
+            &signal,
+            prompt,
+            &RolloutConfig {
+                group: 1,
+                max_new_tokens: args.sample_tokens,
+                temperature: 1.0,
+            },
+            args.seed.wrapping_add(i as u64),
+        )?;
+        offloaded += sample.iter().filter(|s| s.offloaded()).count();
+    }
+    println!(
+        "{OFFLOAD_TOKEN} is token {id}; first-token offload probability {:.4} -> {:.4}; \
+         initial offload rate (sampled, temperature 1, {} tokens): {}/{} = {:.3}",
+        report.initial_rate,
+        report.final_rate,
+        args.sample_tokens,
+        offloaded,
+        prompts.len(),
+        offloaded as f64 / prompts.len().max(1) as f64
+    );
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}

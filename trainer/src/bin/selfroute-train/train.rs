@@ -1,0 +1,238 @@
+//! `selfroute-train train`: GAPG (or a baseline algorithm) with the hierarchical reward.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use candle_core::DType;
+use clap::{Args, ValueEnum};
+use selfroute_core::{DEFAULT_OFFLOAD_MARKER, ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
+use selfroute_train::algo::{Algo, LrSchedule, RewardConfig};
+use selfroute_train::checkpoint::append_line;
+use selfroute_train::cloud::{CloudOracle, HttpCloud, SimulatedCloud};
+use selfroute_train::model::TrainableModel;
+use selfroute_train::optim::AdamWConfig;
+use selfroute_train::rollout::RolloutConfig;
+use selfroute_train::tasks::{Split, parse_task};
+use selfroute_train::train::{TrainConfig, Trainer};
+
+use crate::device::parse_device;
+use crate::progress::Progress;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlgoArg {
+    Gapg,
+    Grpo,
+    DrGrpo,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// GGUF model to train (dequantized to f32).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// arith, arith:LO-HI, countdown, countdown:N or jsonl:PATH.
+    #[arg(long, default_value = "arith")]
+    task: String,
+    /// Who answers offloaded prompts: simulated:ACC (right with probability ACC, fixed per
+    /// prompt), or an OpenAI-compatible URL (asked once per prompt; answers cached in
+    /// OUT/cloud-cache.jsonl).
+    #[arg(long, default_value = "simulated:0.9")]
+    cloud: String,
+    /// The `model` sent to a --cloud URL.
+    #[arg(long, default_value = "default")]
+    cloud_model: String,
+    /// Environment variable holding the --cloud URL's API key.
+    #[arg(long, default_value = "SELFROUTE_CLOUD_API_KEY")]
+    cloud_key_env: String,
+    /// Most tokens of a cloud answer.
+    #[arg(long, default_value_t = 1024)]
+    cloud_max_tokens: u32,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    prompts_per_step: usize,
+    /// Responses per prompt (G).
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature of the rollouts.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, value_enum, default_value = "gapg")]
+    algo: AlgoArg,
+    /// Most "needs the cloud" prompts per update, as a share of the locally solved ones.
+    #[arg(long, default_value_t = 3.0 / 7.0)]
+    rho: f64,
+    /// Keep every prompt (no adaptive filtering).
+    #[arg(long)]
+    no_filter: bool,
+    #[arg(long, default_value_t = 1.0)]
+    alpha_local: f64,
+    #[arg(long, default_value_t = 0.25)]
+    alpha_cloud: f64,
+    /// Reward added to a well-formed local answer (the paper's v1 format bonus).
+    #[arg(long)]
+    format_bonus: Option<f64>,
+    #[arg(long, default_value_t = 1e-6)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, or cuda / cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Folder for metrics.jsonl and checkpoint.safetensors.
+    #[arg(long, default_value = "runs/latest")]
+    out: PathBuf,
+    /// Write a checkpoint every N steps (and always after the last).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Continue from OUT/checkpoint.safetensors (same model and settings); metrics are appended.
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let bytes =
+        std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let package = ModelPackage::from_gguf(args.model.display().to_string(), bytes)?;
+    let template = package
+        .chat_template
+        .as_ref()
+        .context("the model has no chat template")?;
+    let has_token = package.tokenizer.token_to_id(OFFLOAD_TOKEN).is_some();
+    if !has_token {
+        eprintln!(
+            "note: the model has no {OFFLOAD_TOKEN} token; watching for the text marker instead \
+             (expect few offloads)"
+        );
+    }
+    let signal = OffloadSignal::from_tokenizer(
+        &package.tokenizer,
+        (!has_token).then(|| DEFAULT_OFFLOAD_MARKER.to_string()),
+    )?;
+    let task = parse_task(&args.task)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut cloud: Box<dyn CloudOracle> = match SimulatedCloud::parse(&args.cloud, args.seed)? {
+        Some(simulated) => Box::new(simulated),
+        None => Box::new(HttpCloud::new(
+            &args.cloud,
+            std::env::var(&args.cloud_key_env)
+                .ok()
+                .filter(|k| !k.is_empty()),
+            args.cloud_model.clone(),
+            Some(args.cloud_max_tokens),
+            args.out.join("cloud-cache.jsonl"),
+        )?),
+    };
+    let needed = args.steps * args.prompts_per_step;
+    let problems = task.problems(Split::Train, needed.clamp(1, 100_000), args.seed)?;
+    let device = parse_device(&args.device)?;
+    let model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &device,
+    )?;
+    if args.lr.is_nan() || args.lr <= 0.0 {
+        bail!("--lr must be positive");
+    }
+    let config = TrainConfig {
+        prompts_per_step: args.prompts_per_step,
+        rollout: RolloutConfig {
+            group: args.group,
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+        },
+        algo: match args.algo {
+            AlgoArg::Gapg => Algo::Gapg,
+            AlgoArg::Grpo => Algo::Grpo,
+            AlgoArg::DrGrpo => Algo::DrGrpo,
+        },
+        rho: (!args.no_filter).then_some(args.rho),
+        reward: RewardConfig {
+            alpha_local: args.alpha_local,
+            alpha_cloud: args.alpha_cloud,
+            format_bonus: args.format_bonus,
+        },
+        schedule: LrSchedule {
+            peak: args.lr,
+            warmup_steps: args.warmup_steps,
+            total_steps: args.steps,
+            final_fraction: 0.1,
+        },
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay,
+            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            ..AdamWConfig::default()
+        },
+        seed: args.seed,
+    };
+    let metrics_path = args.out.join("metrics.jsonl");
+    let checkpoint_path = args.out.join("checkpoint.safetensors");
+    if !args.resume && metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)
+            .with_context(|| format!("starting a fresh {}", metrics_path.display()))?;
+    }
+    eprintln!(
+        "training {} on {} with {} ({}), {} steps of {} prompts x {}",
+        args.model.display(),
+        task.name(),
+        cloud.describe(),
+        args.algo.name(),
+        args.steps,
+        args.prompts_per_step,
+        args.group
+    );
+    let mut trainer = Trainer::new(
+        model,
+        &package.tokenizer,
+        template,
+        signal,
+        task.as_ref(),
+        cloud.as_mut(),
+        problems,
+        config,
+    )?;
+    if args.resume {
+        trainer
+            .restore_checkpoint(&checkpoint_path)
+            .with_context(|| format!("--resume from {}", checkpoint_path.display()))?;
+        eprintln!("resumed at step {}", trainer.steps_done());
+    }
+    let progress = Progress::new(args.steps, trainer.steps_done());
+    while trainer.steps_done() < args.steps {
+        let m = trainer.step()?;
+        append_line(&metrics_path, &serde_json::to_string(&m)?)?;
+        let done = trainer.steps_done();
+        if done == args.steps || (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) {
+            trainer.save_checkpoint(&checkpoint_path)?;
+        }
+        progress.step(&m);
+    }
+    progress.finish();
+    eprintln!(
+        "metrics: {}; checkpoint: {}",
+        metrics_path.display(),
+        checkpoint_path.display()
+    );
+    Ok(())
+}
+
+impl AlgoArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gapg => "GAPG",
+            Self::Grpo => "GRPO",
+            Self::DrGrpo => "Dr. GRPO",
+        }
+    }
+}
