@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use selfroute_core::rng::SplitMix64;
 use selfroute_core::{ChatTemplate, Message, OffloadSignal, Tokenizer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::algo::{
     Algo, GroupSummary, LrSchedule, ResponseOutcome, RewardConfig, adaptive_filter, advantages,
@@ -33,7 +33,7 @@ pub struct TrainConfig {
 }
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepMetrics {
     pub step: usize,
     pub reward_mean: f64,

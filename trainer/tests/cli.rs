@@ -33,9 +33,10 @@ fn prepare_train_resume_export() {
     let mut builder = gguf::GgufBuilder::tiny_llama();
     builder.set_meta("llama.context_length", Value::U32(128));
     std::fs::write(&base, builder.bytes()).unwrap();
-    let prepared = dir.join("prepared.gguf");
+    // Outputs in folders that do not exist yet, as in the README (`--out runs/...`).
+    let prepared = dir.join("runs").join("prepared.gguf");
     let run_dir = dir.join("run");
-    let trained = dir.join("trained.gguf");
+    let trained = dir.join("exports").join("q8").join("trained.gguf");
 
     for sub in ["prepare", "train", "export"] {
         let (help, _) = run(&[sub, "--help"]);
@@ -128,5 +129,42 @@ fn prepare_train_resume_export() {
         package.tokenizer.token_to_id(OFFLOAD_TOKEN)
     );
     assert!(dir.join("hf/model.safetensors").exists() && dir.join("hf/tokenizer.json").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_unwritable_output_is_refused_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("selfroute-train-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("tiny.gguf");
+    std::fs::write(&base, gguf::GgufBuilder::tiny_llama().bytes()).unwrap();
+    // A regular file where a folder should be: no folder can be created under it.
+    let blocker = dir.join("not-a-folder");
+    std::fs::write(&blocker, b"x").unwrap();
+    let out = blocker.join("prepared.gguf");
+    let started = std::time::Instant::now();
+    let result = Command::new(env!("CARGO_BIN_EXE_selfroute-train"))
+        .args([
+            "prepare",
+            "--model",
+            path(&base),
+            "--out",
+            path(&out),
+            "--prompts",
+            "64",
+        ])
+        .output()
+        .expect("selfroute-train runs");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("prepared.gguf"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("adding"),
+        "work started before the output was checked: {stderr}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     std::fs::remove_dir_all(&dir).ok();
 }

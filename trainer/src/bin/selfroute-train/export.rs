@@ -9,6 +9,7 @@ use selfroute_train::export::{ExportType, gguf_bytes, write_atomically, write_hf
 use selfroute_train::model::TrainableModel;
 
 use crate::model_file::read_gguf;
+use crate::output::{prepare_output_dir, prepare_output_file};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -31,6 +32,10 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let format = ExportType::parse(&args.format)?;
+    prepare_output_file(&args.out)?;
+    if let Some(dir) = &args.hf {
+        prepare_output_dir(dir)?;
+    }
     let (package, source) = read_gguf(&args.model)?;
     let model = TrainableModel::from_weights(
         &package.config,

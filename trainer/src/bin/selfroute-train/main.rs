@@ -3,6 +3,7 @@
 mod device;
 mod export;
 mod model_file;
+mod output;
 mod prepare;
 mod progress;
 mod train;

@@ -14,6 +14,7 @@ use selfroute_train::tasks::{Split, parse_task};
 use selfroute_train::train::prompt_ids;
 
 use crate::model_file::read_gguf;
+use crate::output::prepare_output_file;
 
 #[derive(Args)]
 pub struct PrepareArgs {
@@ -44,6 +45,7 @@ pub struct PrepareArgs {
 
 pub fn run(args: PrepareArgs) -> Result<()> {
     let format = ExportType::parse(&args.format)?;
+    prepare_output_file(&args.out)?;
     let (package, source) = read_gguf(&args.model)?;
     let template = package
         .chat_template

@@ -16,6 +16,7 @@ use selfroute_train::tasks::{Split, parse_task};
 use selfroute_train::train::{TrainConfig, Trainer};
 
 use crate::device::parse_device;
+use crate::output::prepare_output_dir;
 use crate::progress::Progress;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,8 +120,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (!has_token).then(|| DEFAULT_OFFLOAD_MARKER.to_string()),
     )?;
     let task = parse_task(&args.task)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    prepare_output_dir(&args.out)?;
     let mut cloud: Box<dyn CloudOracle> = match SimulatedCloud::parse(&args.cloud, args.seed)? {
         Some(simulated) => Box::new(simulated),
         None => Box::new(HttpCloud::new(
