@@ -8,15 +8,20 @@ pub enum CandleError {
     CacheMismatch { pos: usize, cached: usize },
     #[error("forward pass over {end} positions exceeds the context of {context}")]
     ContextOverflow { end: usize, context: usize },
+    #[error("no sequence {seq} (never made, or dropped)")]
+    UnknownSequence { seq: u64 },
+    #[error("sequence {seq} appears twice in one batched step")]
+    RepeatedSequence { seq: u64 },
 }
 
 impl From<CandleError> for selfroute_core::Error {
     fn from(e: CandleError) -> Self {
         use selfroute_core::BackendErrorKind as Kind;
         let kind = match &e {
-            CandleError::CacheMismatch { .. } | CandleError::ContextOverflow { .. } => {
-                Kind::InvalidInput
-            }
+            CandleError::CacheMismatch { .. }
+            | CandleError::ContextOverflow { .. }
+            | CandleError::UnknownSequence { .. }
+            | CandleError::RepeatedSequence { .. } => Kind::InvalidInput,
             CandleError::Weight { .. } => Kind::Unsupported,
             CandleError::Candle(_) => Kind::Failed,
         };

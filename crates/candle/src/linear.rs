@@ -81,8 +81,18 @@ fn kernel_matrix(td: &TensorData<'_>, device: &Device) -> Result<Option<QuantMat
         })
 }
 
+/// Which kernel product a [`KernelMatmul`] runs.
+#[derive(Clone, Copy)]
+enum Product {
+    /// Rows of one sequence (prefill, or one decode step): `QuantMatrix::matmul`.
+    Sequence,
+    /// One row per sequence of a batched decode step: `QuantMatrix::matvec_batch`, each row as
+    /// its own decode step would compute it.
+    DecodeRows,
+}
+
 /// Applies a `QuantMatrix` to a contiguous f32 tensor [.., in] -> [.., out] on the CPU.
-struct KernelMatmul(Arc<QuantMatrix>);
+struct KernelMatmul(Arc<QuantMatrix>, Product);
 
 impl CustomOp1 for KernelMatmul {
     fn name(&self) -> &'static str {
@@ -110,9 +120,12 @@ impl CustomOp1 for KernelMatmul {
         }
         let batch = (end - start).checked_div(cols).unwrap_or(0);
         let mut out = vec![0.0f32; batch * self.0.rows()];
-        self.0
-            .matmul(&data[start..end], batch, &mut out)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let xs = &data[start..end];
+        match self.1 {
+            Product::Sequence => self.0.matmul(xs, batch, &mut out),
+            Product::DecodeRows => self.0.matvec_batch(xs, batch, &mut out),
+        }
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = self.0.rows();
@@ -152,10 +165,31 @@ impl Linear {
     /// x: [seq, in] -> [seq, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Kernel(m) => x.contiguous()?.apply_op1_no_bwd(&KernelMatmul(m.clone()))?,
+            Self::Kernel(m) => x
+                .contiguous()?
+                .apply_op1_no_bwd(&KernelMatmul(m.clone(), Product::Sequence))?,
             Self::Quantized(m) => m.forward(x)?,
             Self::Dense(w) => x.matmul(&w.t()?)?,
         })
+    }
+
+    /// x: [sequences, in] -> [sequences, out], one row per sequence of a batched decode step:
+    /// each row comes out as [`Linear::forward`] of that row alone would give it.
+    pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Kernel(m) => Ok(x
+                .contiguous()?
+                .apply_op1_no_bwd(&KernelMatmul(m.clone(), Product::DecodeRows))?),
+            // candle's products pick their kernel by the row count, so several rows at once
+            // would round differently from one: row by row keeps a batched step equal to single
+            // steps (these formats get no batching speed-up; the kernel formats do).
+            Self::Quantized(_) | Self::Dense(_) => {
+                let rows = (0..x.dim(0)?)
+                    .map(|r| self.forward(&x.narrow(0, r, 1)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            }
+        }
     }
 }
 

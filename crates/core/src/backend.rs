@@ -96,3 +96,42 @@ pub trait Backend {
     /// Keeps the first `len` cached positions and forgets the rest (0 clears the cache).
     fn truncate_cache(&mut self, len: usize);
 }
+
+/// One of the sequences a [`BatchBackend`] holds. Ids are never reused while the backend lives,
+/// so a stale id is an error, not someone else's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u64);
+
+/// One row of a batched decode step: `token` at position `pos` of sequence `seq`, whose cache
+/// must hold exactly `pos` positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStep {
+    pub seq: SeqId,
+    pub token: u32,
+    pub pos: usize,
+}
+
+/// A model that holds several independent sequences (each its own KV cache and position) over
+/// one set of weights and decodes them together: one forward pass per step for every sequence
+/// in flight (continuous batching). The rows share the weight reads, which is what makes a batch
+/// of B cheaper than B single steps.
+///
+/// Synchronous, unlike [`Backend`]: it is driven by a scheduler on a native worker thread that
+/// owns the model (a server, the trainer's rollouts), where there is nothing to await.
+pub trait BatchBackend {
+    fn batch_config(&self) -> &ModelConfig;
+
+    /// A new, empty sequence. Fails where the engine cannot hold several sequences.
+    fn new_sequence(&mut self) -> Result<SeqId>;
+
+    /// Forgets a sequence and frees its cache; an unknown id is ignored.
+    fn drop_sequence(&mut self, seq: SeqId);
+
+    /// Runs `tokens` of one sequence at `start_pos..` (a prompt, or a chunk of one) and returns
+    /// the logits of the last position (one row).
+    fn prefill(&mut self, seq: SeqId, tokens: &[u32], start_pos: usize) -> Result<Logits>;
+
+    /// One token for each step's sequence in one forward pass; row `i` belongs to `steps[i]`.
+    /// A sequence may appear at most once.
+    fn decode(&mut self, steps: &[BatchStep]) -> Result<Logits>;
+}

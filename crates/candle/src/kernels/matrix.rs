@@ -156,20 +156,7 @@ impl QuantMatrix {
 
     /// out[b * rows + r] = sum_c W[r, c] * xs[b * cols + c], for b in 0..batch.
     pub fn matmul(&self, xs: &[f32], batch: usize, out: &mut [f32]) -> Result<(), KernelError> {
-        if xs.len() != batch * self.cols {
-            return Err(KernelError::WrongInput {
-                batch,
-                cols: self.cols,
-                actual: xs.len(),
-            });
-        }
-        if out.len() != batch * self.rows {
-            return Err(KernelError::WrongInput {
-                batch,
-                cols: self.rows,
-                actual: out.len(),
-            });
-        }
+        self.check_shapes(xs, batch, out)?;
         if batch == 0 || self.rows == 0 {
             return Ok(());
         }
@@ -196,6 +183,78 @@ impl QuantMatrix {
                 dispatch::matmul_rows(self, i * chunk_rows, xs, batch, chunk);
             });
         transpose_into(&by_row, batch, self.rows, out);
+        Ok(())
+    }
+
+    /// The same product as [`QuantMatrix::matmul`] for the rows of several sequences decoding
+    /// together: each activation row goes through the batch-1 matrix-vector kernel, so every
+    /// output equals a batch-1 `matmul` of that row bit for bit (a batched step cannot change a
+    /// greedy continuation), while the rows run tile by tile: the B rows reuse each tile of
+    /// weights from cache, so the weights are read from memory about once per step, not B times.
+    pub fn matvec_batch(
+        &self,
+        xs: &[f32],
+        batch: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.check_shapes(xs, batch, out)?;
+        if batch == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let sums: Vec<Vec<f32>> = xs.chunks_exact(self.cols).map(block_sums).collect();
+        let threads = rayon::current_num_threads().max(1);
+        let chunk_rows = self.rows.div_ceil(threads * 4).max(16);
+        let tile = self.tile_rows();
+        // Each task fills [batch][its rows], scattered into [batch, rows] at the end.
+        let mut by_chunk = vec![0.0f32; self.rows * batch];
+        by_chunk
+            .par_chunks_mut(chunk_rows * batch)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let len = chunk.len() / batch;
+                let mut start = 0;
+                while start < len {
+                    let n = (len - start).min(tile);
+                    for (b, (x, s)) in xs.chunks_exact(self.cols).zip(&sums).enumerate() {
+                        let o = &mut chunk[b * len + start..b * len + start + n];
+                        dispatch::matvec_rows(self, i * chunk_rows + start, x, s, o);
+                    }
+                    start += n;
+                }
+            });
+        for (i, chunk) in by_chunk.chunks(chunk_rows * batch).enumerate() {
+            let len = chunk.len() / batch;
+            for (b, values) in chunk.chunks_exact(len).enumerate() {
+                let at = b * self.rows + i * chunk_rows;
+                out[at..at + len].copy_from_slice(values);
+            }
+        }
+        Ok(())
+    }
+
+    /// Weight rows per cache tile in `matvec_batch`: about 32 KiB of quants and scales (an L1
+    /// data cache), a multiple of 4 because the SIMD kernels take rows four at a time.
+    fn tile_rows(&self) -> usize {
+        let scale_bytes = if self.offsets.is_empty() { 2 } else { 4 };
+        let row_bytes = self.blocks_per_row() * (self.format.quant_bytes() + scale_bytes);
+        ((32 * 1024) / row_bytes.max(1)).max(4) / 4 * 4
+    }
+
+    fn check_shapes(&self, xs: &[f32], batch: usize, out: &[f32]) -> Result<(), KernelError> {
+        if xs.len() != batch * self.cols {
+            return Err(KernelError::WrongInput {
+                batch,
+                cols: self.cols,
+                actual: xs.len(),
+            });
+        }
+        if out.len() != batch * self.rows {
+            return Err(KernelError::WrongInput {
+                batch,
+                cols: self.rows,
+                actual: out.len(),
+            });
+        }
         Ok(())
     }
 

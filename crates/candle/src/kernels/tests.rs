@@ -216,6 +216,38 @@ fn simd128_f16_conversion_is_exact_for_every_value() {
     }
 }
 
+/// A batched decode product equals each row's batch-1 product bit for bit, on whichever path
+/// this process runs (CI runs it with SELFROUTE_KERNEL=avx2 and =baseline too). Shapes cross the
+/// cache tiles (4096 rows of 64 columns is several tiles per task), the task chunks and the
+/// kernels' four-row groups (37, 130 rows).
+#[test]
+fn decode_batch_rows_equal_single_rows_exactly() {
+    let mut rng = Lcg(7);
+    for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+        for (rows, cols) in [(1, 32), (37, 576), (130, 1536), (4096, 64)] {
+            let bytes = random_blocks(format, rows, cols, &mut rng);
+            let m = QuantMatrix::new(format, rows, cols, &bytes).unwrap();
+            for batch in [1, 2, 5, 16] {
+                let xs: Vec<f32> = (0..batch * cols).map(|_| rng.float()).collect();
+                let mut batched = vec![0f32; batch * rows];
+                m.matvec_batch(&xs, batch, &mut batched).unwrap();
+                for (b, x) in xs.chunks_exact(cols).enumerate() {
+                    let mut single = vec![0f32; rows];
+                    m.matmul(x, 1, &mut single).unwrap();
+                    assert_eq!(
+                        &batched[b * rows..(b + 1) * rows],
+                        &single[..],
+                        "{format:?} {rows}x{cols} batch {batch} row {b}"
+                    );
+                }
+            }
+        }
+    }
+    let m = QuantMatrix::new(BlockFormat::Q8_0, 2, 32, &[0; 68]).unwrap();
+    assert!(m.matvec_batch(&[0.0; 63], 2, &mut [0.0; 4]).is_err());
+    assert!(m.matvec_batch(&[0.0; 64], 2, &mut [0.0; 3]).is_err());
+}
+
 #[test]
 fn bad_shapes_are_errors() {
     assert!(QuantMatrix::new(BlockFormat::Q4_1, 2, 48, &[0; 60]).is_err());
