@@ -10,6 +10,8 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Also read from OpenAI's `developer`, its newer name for the same instructions.
+    #[serde(alias = "developer")]
     System,
     User,
     Assistant,
@@ -18,7 +20,42 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
+    /// Read from a string or from OpenAI's list of content parts (text parts only, joined with
+    /// newlines as vLLM joins them); always written as a string.
+    #[serde(deserialize_with = "content_text")]
     pub content: String,
+}
+
+/// The kinds of content part a text model cannot read, named in the error.
+fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<serde_json::Map<String, serde_json::Value>>),
+    }
+    match Content::deserialize(d)? {
+        Content::Text(text) => Ok(text),
+        Content::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for part in &parts {
+                match part.get("type").and_then(|t| t.as_str()) {
+                    Some("text") => match part.get("text").and_then(|t| t.as_str()) {
+                        Some(text) => texts.push(text),
+                        None => return Err(D::Error::custom("a text part has no `text` string")),
+                    },
+                    Some(other) => {
+                        return Err(D::Error::custom(format!(
+                            "`{other}` content parts are not supported: this model reads text only"
+                        )));
+                    }
+                    None => return Err(D::Error::custom("a content part has no `type`")),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
 }
 
 impl Role {

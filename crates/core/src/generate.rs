@@ -3,7 +3,9 @@
 
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{BackendError, BackendErrorKind, Error, Result};
+use crate::logprobs::TokenLogprobs;
 use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::StopStrings;
 use crate::tokenizer::{TextStream, Tokenizer};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,13 @@ pub struct GenerationParams {
     pub logit_bias: Vec<(u32, f32)>,
     /// Prompt tokens per forward call during prefill; bounds the attention scratch memory.
     pub prefill_chunk: usize,
+    /// Texts that end the generation where they first appear (OpenAI's `stop`); neither they nor
+    /// anything after them is output. Streamed text is held back while it could be the start of
+    /// one.
+    pub stop: Vec<String>,
+    /// Report each token's log-probability with this many alternatives (see [`crate::logprobs`]);
+    /// None for none. Picks then happen on the host, which needs the logits.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerationParams {
@@ -26,6 +35,8 @@ impl Default for GenerationParams {
             extra_stop_tokens: Vec::new(),
             logit_bias: Vec::new(),
             prefill_chunk: 256,
+            stop: Vec::new(),
+            logprobs: None,
         }
     }
 }
@@ -43,14 +54,16 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// One generated token, with the text it completes (empty while a character is incomplete). A
-/// generation that stops mid-character ends with one more event for the last token carrying the
-/// held-back text.
+/// One generated token, with the text it completes (empty while a character is incomplete, or
+/// while it could be the start of a stop string). A generation that ends with text still held back
+/// ends with one more event for the last token carrying that text (and no log-probabilities).
 #[derive(Debug, Clone, Copy)]
 pub struct TokenEvent<'a> {
     pub id: u32,
     pub index: usize,
     pub text: &'a str,
+    /// This token's log-probabilities, when [`GenerationParams::logprobs`] asked for them.
+    pub logprobs: Option<&'a TokenLogprobs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +80,8 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values were already cached from the previous call.
     pub reused_prompt_tokens: usize,
+    /// One entry per token of `tokens` when [`GenerationParams::logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// A backend plus what its KV cache currently holds, so a follow-up prompt that extends the last
@@ -154,7 +169,7 @@ impl<B: Backend> Generator<B> {
         let first = self
             .next_token(&prompt[pos..], pos, &mut sampler, params, prompt)
             .await;
-        let mut pending = match first {
+        let mut pending: Option<(u32, Option<TokenLogprobs>)> = match first {
             Ok(t) => Some(t),
             Err(e) => {
                 self.forget_cache();
@@ -176,14 +191,17 @@ impl<B: Backend> Generator<B> {
             finish_reason: FinishReason::Length,
             prompt_tokens: prompt.len(),
             reused_prompt_tokens: common,
+            logprobs: Vec::new(),
         };
         let mut stream = TextStream::new();
+        let mut stops = StopStrings::new(&params.stop);
+        let mut stopped_by_text = false;
         loop {
             if out.tokens.len() >= params.max_new_tokens {
                 out.finish_reason = FinishReason::Length;
                 break;
             }
-            let Some(next) = pending.take() else {
+            let Some((next, logprobs)) = pending.take() else {
                 break;
             };
             if stop_tokens.contains(&next) {
@@ -192,13 +210,24 @@ impl<B: Backend> Generator<B> {
             }
             history.push(next);
             out.tokens.push(next);
-            let delta = stream.push(tokenizer, next)?.unwrap_or_default();
+            let mut delta = stream.push(tokenizer, next)?.unwrap_or_default();
+            if !stops.is_empty() {
+                let released = stops.push(&delta);
+                delta = released.text;
+                stopped_by_text = released.stopped;
+            }
             out.text.push_str(&delta);
             let control = on_token(TokenEvent {
                 id: next,
                 index: out.tokens.len() - 1,
                 text: &delta,
+                logprobs: logprobs.as_ref(),
             });
+            out.logprobs.extend(logprobs);
+            if stopped_by_text {
+                out.finish_reason = FinishReason::Stop;
+                break;
+            }
             if control == Control::Stop {
                 out.finish_reason = FinishReason::Cancelled;
                 break;
@@ -224,15 +253,29 @@ impl<B: Backend> Generator<B> {
                 }
             }
         }
-        // Text held back because the output ended inside a character: hand it over with the
-        // last token again, so the streamed text always equals `out.text`.
-        if let (Some(rest), Some(&last)) = (stream.finish(tokenizer)?, out.tokens.last()) {
-            out.text.push_str(&rest);
-            on_token(TokenEvent {
-                id: last,
-                index: out.tokens.len() - 1,
-                text: &rest,
-            });
+        // Text held back because the output ended inside a character or inside what might have
+        // been a stop string: hand it over with the last token again, so the streamed text always
+        // equals `out.text`. After a stop string, what is held lies beyond it and is dropped.
+        if !stopped_by_text {
+            let mut rest = stream.finish(tokenizer)?.unwrap_or_default();
+            if !stops.is_empty() {
+                let released = stops.push(&rest);
+                rest = released.text;
+                if released.stopped {
+                    out.finish_reason = FinishReason::Stop;
+                } else {
+                    rest.push_str(&stops.finish());
+                }
+            }
+            if let (false, Some(&last)) = (rest.is_empty(), out.tokens.last()) {
+                out.text.push_str(&rest);
+                on_token(TokenEvent {
+                    id: last,
+                    index: out.tokens.len() - 1,
+                    text: &rest,
+                    logprobs: None,
+                });
+            }
         }
         Ok(out)
     }
@@ -246,13 +289,15 @@ impl<B: Backend> Generator<B> {
         sampler: &mut Sampler,
         params: &GenerationParams,
         history: &[u32],
-    ) -> Result<u32> {
+    ) -> Result<(u32, Option<TokenLogprobs>)> {
         // Sampling where the logits are when the engine can (a GPU then reads back one id); asked
-        // per token, since an engine may move to the host mid-answer (a lost GPU).
-        if self.backend.picks_on_device()
+        // per token, since an engine may move to the host mid-answer (a lost GPU). Log-probs need
+        // the whole row on the host.
+        if params.logprobs.is_none()
+            && self.backend.picks_on_device()
             && let Some(pick) = sampler.device_pick(&params.logit_bias)
         {
-            return self.backend.forward_pick(tokens, pos, &pick).await;
+            return Ok((self.backend.forward_pick(tokens, pos, &pick).await?, None));
         }
         let mut logits = self.backend.forward(tokens, pos, LogitsFor::Last).await?;
         let row = logits.last_row_mut().ok_or_else(|| {
@@ -261,12 +306,19 @@ impl<B: Backend> Generator<B> {
                 "backend returned no logits",
             ))
         })?;
+        // The model's own distribution, before the bias and the sampler change the row.
+        let raw = params.logprobs.map(|_| row.to_vec());
         for &(id, bias) in &params.logit_bias {
             if let Some(l) = row.get_mut(id as usize) {
                 *l += bias;
             }
         }
-        sampler.sample(row, history)
+        let id = sampler.sample(row, history)?;
+        let logprobs = params
+            .logprobs
+            .zip(raw)
+            .map(|(top, raw)| TokenLogprobs::from_logits(&raw, id, top));
+        Ok((id, logprobs))
     }
 
     fn forget_cache(&mut self) {

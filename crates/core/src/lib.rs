@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod logprobs;
 pub mod offload;
 pub mod openai;
 pub mod package;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod rope;
 pub mod safetensors;
 pub mod sampler;
+pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 
@@ -31,10 +33,12 @@ pub use config::{Architecture, ModelConfig, RopeLayout};
 pub use error::{BackendError, BackendErrorKind, Error, Result, SourceName, WireError};
 pub use generate::{Control, FinishReason, Generation, GenerationParams, Generator, TokenEvent};
 pub use gguf::GgufFile;
+pub use logprobs::{TokenLogprob, TokenLogprobs};
 pub use offload::{
     DEFAULT_OFFLOAD_MARKER, Detection, OFFLOAD_TOKEN, OffloadDetector, OffloadReason, OffloadSignal,
 };
 pub use package::ModelPackage;
 pub use sampler::{Sampler, SamplingParams};
+pub use stop::StopStrings;
 pub use tokenizer::{TextStream, Tokenizer};
 pub use weights::{TensorDType, TensorData, WeightKey, WeightSource};

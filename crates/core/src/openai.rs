@@ -15,6 +15,8 @@ use crate::error::WireError;
 /// `POST /v1/chat/completions` body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
+    /// May be missing: a server with one model answers with it.
+    #[serde(default)]
     pub model: String,
     pub messages: Vec<Message>,
     #[serde(default)]
@@ -30,6 +32,48 @@ pub struct ChatRequest {
     pub top_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// How many independent answers (choices) to give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopParam>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a decimal string, as JSON keys must be) to a bias in -100..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StopParam {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopParam {
+    pub fn strings(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(list) => list,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send one more chunk before `[DONE]`, with no choices and the whole request's usage.
+    #[serde(default)]
+    pub include_usage: bool,
 }
 
 impl ChatRequest {
@@ -43,12 +87,23 @@ impl ChatRequest {
             max_completion_tokens: None,
             top_p: None,
             seed: None,
+            n: None,
+            stop: None,
+            presence_penalty: None,
+            frequency_penalty: None,
+            logit_bias: None,
+            logprobs: None,
+            top_logprobs: None,
+            stream_options: None,
         }
     }
 
-    /// The token limit asked for, under either name.
+    /// The token limit asked for, under either name (the smaller when both are given).
     pub fn token_limit(&self) -> Option<u32> {
-        self.max_tokens.or(self.max_completion_tokens)
+        match (self.max_tokens, self.max_completion_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -84,6 +139,35 @@ pub struct Choice {
     /// `stop`, `length`, `content_filter`, ...; kept as text because providers add their own.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Present (null unless asked for) as OpenAI sends it.
+    #[serde(default)]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// `choices[].logprobs`: one entry per generated token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    #[serde(default)]
+    pub content: Vec<LogprobEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogprobEntry {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes (a token may hold part of a character).
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// The assistant's message in a response. Unlike [`Message`] its content may be null (OpenAI
@@ -139,6 +223,9 @@ pub struct ChunkChoice {
     /// Null until the choice's last chunk. Always serialised, as OpenAI does.
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// The log-probs of the tokens this chunk's text came from, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +266,27 @@ impl ApiError {
                 code: None,
             },
         }
+    }
+
+    /// An `invalid_request_error` about one request parameter, which it names in `param`.
+    pub fn invalid_param(
+        param: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            error: ApiErrorDetail {
+                message: message.into(),
+                kind: Some("invalid_request_error".into()),
+                param: Some(param.into()),
+                code: Some(code.into()),
+            },
+        }
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.error.code = Some(code.into());
+        self
     }
 
     /// Reads the value of an `error` field, which some providers send as a bare string.

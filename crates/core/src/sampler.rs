@@ -1,5 +1,6 @@
 //! Choosing the next token from logits: greedy, or temperature with top-k / top-p, with an optional
-//! repetition penalty, from a seeded RNG so runs are reproducible on every platform.
+//! repetition penalty (Hugging Face's) and presence / frequency penalties (OpenAI's), from a seeded
+//! RNG so runs are reproducible on every platform.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,12 @@ pub struct SamplingParams {
     /// How many recent tokens the penalty looks at.
     pub repetition_window: usize,
     pub seed: u64,
+    /// OpenAI's `presence_penalty`: subtracted once from the logit of every token this sampler has
+    /// already picked. 0 means off.
+    pub presence_penalty: f32,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once per time this sampler has
+    /// already picked it. 0 means off.
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplingParams {
@@ -32,6 +39,8 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             repetition_window: 64,
             seed: 42,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
@@ -60,7 +69,29 @@ impl SamplingParams {
                 self.repetition_penalty
             )));
         }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !value.is_finite() {
+                return Err(Error::InvalidSampling(format!(
+                    "{name} {value} must be a finite number"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether picking needs the tokens picked so far (so it cannot happen on a device that only
+    /// holds the logits).
+    fn needs_history(&self) -> bool {
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
+    fn counts_picks(&self) -> bool {
+        self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 }
 
@@ -70,6 +101,10 @@ pub struct Sampler {
     rng: SplitMix64,
     /// Reused between calls so sampling allocates nothing per token.
     candidates: Vec<(u32, f32)>,
+    /// How often each token was picked, sorted by id; kept only while a presence or frequency
+    /// penalty is on. The penalties count generated tokens, not the prompt (OpenAI's semantics),
+    /// and the sampler sees exactly the generated tokens: each is one of its picks.
+    picked: Vec<(u32, u32)>,
 }
 
 impl Sampler {
@@ -80,6 +115,7 @@ impl Sampler {
             params,
             rng,
             candidates: Vec::new(),
+            picked: Vec::new(),
         })
     }
 
@@ -92,7 +128,7 @@ impl Sampler {
     /// every later token) is the same on either path. None when the settings need the history on
     /// the host (a repetition penalty).
     pub fn device_pick<'a>(&mut self, logit_bias: &'a [(u32, f32)]) -> Option<TokenPick<'a>> {
-        if self.params.repetition_penalty != 1.0 {
+        if self.params.needs_history() {
             return None;
         }
         let uniform = if self.params.temperature == 0.0 {
@@ -115,6 +151,19 @@ impl Sampler {
             return Err(Error::InvalidSampling("empty logits".into()));
         }
         self.apply_repetition_penalty(logits, history);
+        if !self.params.counts_picks() {
+            return self.pick(logits);
+        }
+        self.apply_openai_penalties(logits);
+        let id = self.pick(logits)?;
+        match self.picked.binary_search_by_key(&id, |&(t, _)| t) {
+            Ok(i) => self.picked[i].1 += 1,
+            Err(i) => self.picked.insert(i, (id, 1)),
+        }
+        Ok(id)
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> Result<u32> {
         if self.params.temperature == 0.0 {
             return Ok(argmax(logits));
         }
@@ -129,6 +178,16 @@ impl Sampler {
             uniform,
             &mut self.candidates,
         )
+    }
+
+    /// `logit -= presence * [count > 0] + frequency * count`, over this sampler's own picks.
+    fn apply_openai_penalties(&self, logits: &mut [f32]) {
+        let (presence, frequency) = (self.params.presence_penalty, self.params.frequency_penalty);
+        for &(id, count) in &self.picked {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l -= presence + frequency * count as f32;
+            }
+        }
     }
 
     fn apply_repetition_penalty(&self, logits: &mut [f32], history: &[u32]) {
@@ -322,6 +381,39 @@ mod tests {
     }
 
     #[test]
+    fn presence_and_frequency_penalties_follow_openai_semantics() {
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 1.0,
+            frequency_penalty: 0.4,
+            ..Default::default()
+        })
+        .unwrap();
+        let logits = [4.0f32, 3.5, 3.0];
+        // By hand, logit - (1.0 * [picked] + 0.4 * times picked), greedy:
+        // 4.0 3.5 3.0 -> 0; 2.6 3.5 3.0 -> 1; 2.6 2.1 3.0 -> 2; 2.6 2.1 1.6 -> 0;
+        // 2.2 2.1 1.6 -> 0; 1.8 2.1 1.6 -> 1. The prompt (history) does not count.
+        let picks: Vec<u32> = (0..6)
+            .map(|_| s.sample(&mut logits.clone(), &[2, 2, 2]).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 0, 1]);
+        let mut row = logits;
+        s.sample(&mut row, &[]).unwrap();
+        // Now 0 was picked 3 times, 1 twice, 2 once.
+        let expected = [4.0 - 1.0 - 1.2, 3.5 - 1.0 - 0.8, 3.0 - 1.0 - 0.4];
+        for (got, want) in row.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-6, "{row:?} vs {expected:?}");
+        }
+        // With the penalties on, a device cannot pick: it lacks the counts.
+        assert!(s.device_pick(&[]).is_none());
+        assert!(
+            Sampler::new(SamplingParams::default())
+                .unwrap()
+                .device_pick(&[])
+                .is_some()
+        );
+    }
+
+    #[test]
     fn bad_parameters_are_rejected() {
         assert!(
             Sampler::new(SamplingParams {
@@ -340,6 +432,13 @@ mod tests {
         assert!(
             Sampler::new(SamplingParams {
                 repetition_penalty: f32::NAN,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingParams {
+                frequency_penalty: f32::INFINITY,
                 ..Default::default()
             })
             .is_err()

@@ -370,6 +370,7 @@ fn chunk_serialisation_matches_openai() {
                 content: Some("hi".into()),
             },
             finish_reason: None,
+            logprobs: None,
         }],
         usage: None,
     };

@@ -6,20 +6,24 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use selfroute_core::openai::{ApiError, ChatRequest};
+use selfroute_core::openai::ApiError;
 
 use super::local::LocalEngine;
+use super::params;
 use super::upstream::Upstream;
 
 pub struct Limits {
     pub max_messages: usize,
     pub max_tokens_limit: u32,
     pub default_max_tokens: u32,
+    /// Largest `n` (choices per request) the local model answers.
+    pub max_choices: u32,
 }
 
 pub enum Backend {
@@ -89,8 +93,11 @@ async fn request_log(State(state): State<Arc<AppState>>, mut req: Request, next:
 
 /// An OpenAI-style error response.
 pub fn error_response(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = ApiError::new(message, kind);
-    (status, axum::Json(body)).into_response()
+    api_error_response(status, ApiError::new(message, kind))
+}
+
+pub fn api_error_response(status: StatusCode, error: ApiError) -> Response {
+    (status, axum::Json(error)).into_response()
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -120,11 +127,28 @@ async fn chat_completions(
     State(state): State<Arc<AppState>>,
     axum::Extension(id): axum::Extension<RequestId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Some(r) = check_key(&state, &headers) {
         return r;
     }
+    // A body over --max-body-bytes (413) or one that broke off: in the OpenAI error shape, so
+    // clients show the reason.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request_too_large"
+            } else {
+                "invalid_body"
+            };
+            return api_error_response(
+                status,
+                ApiError::new(rejection.body_text(), "invalid_request_error").with_code(code),
+            );
+        }
+    };
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -139,29 +163,29 @@ async fn chat_completions(
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return error_response(
+            return api_error_response(
                 StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("the body is not valid JSON: {e}"),
+                ApiError::new(
+                    format!("the body is not valid JSON: {e}"),
+                    "invalid_request_error",
+                )
+                .with_code("invalid_json"),
             );
         }
     };
-    let request: ChatRequest = match serde_json::from_value(value.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("not a chat completion request: {e}"),
-            );
-        }
-    };
-    if let Err(message) = validate(&request, &state.limits) {
-        return error_response(StatusCode::BAD_REQUEST, "invalid_request_error", message);
-    }
     match &state.backend {
-        Backend::Local(engine) => engine.complete(id, request, &state.limits).await,
-        Backend::Upstream(upstream) => upstream.forward(id, value).await,
+        Backend::Local(engine) => {
+            match params::check_local(&value, &state.limits, engine.vocab_size()) {
+                Ok(request) => engine.complete(id, request, &state.limits).await,
+                Err(refusal) => api_error_response(StatusCode::BAD_REQUEST, refusal),
+            }
+        }
+        Backend::Upstream(upstream) => match params::check_forwarded(&value, &state.limits) {
+            // The body goes on as it came: parameters this server does not know are the
+            // upstream's business.
+            Ok(()) => upstream.forward(id, value).await,
+            Err(refusal) => api_error_response(StatusCode::BAD_REQUEST, refusal),
+        },
     }
 }
 
@@ -174,46 +198,14 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Option<Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     (!constant_time_eq(given.as_bytes(), expected.as_bytes())).then(|| {
-        error_response(
+        api_error_response(
             StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "missing or wrong API key",
+            ApiError::new("missing or wrong API key", "authentication_error")
+                .with_code("invalid_api_key"),
         )
     })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn validate(request: &ChatRequest, limits: &Limits) -> Result<(), String> {
-    if request.messages.is_empty() {
-        return Err("`messages` must not be empty".into());
-    }
-    if request.messages.len() > limits.max_messages {
-        return Err(format!(
-            "{} messages is more than this server's limit of {}",
-            request.messages.len(),
-            limits.max_messages
-        ));
-    }
-    if let Some(n) = request.token_limit()
-        && (n == 0 || n > limits.max_tokens_limit)
-    {
-        return Err(format!(
-            "max_tokens {n} must be between 1 and this server's limit of {}",
-            limits.max_tokens_limit
-        ));
-    }
-    if let Some(t) = request.temperature
-        && !(0.0..=2.0).contains(&t)
-    {
-        return Err(format!("temperature {t} must be between 0 and 2"));
-    }
-    if let Some(p) = request.top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        return Err(format!("top_p {p} must be in (0, 1]"));
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The local backend: one worker thread owns the model and answers queued requests in order, so
 //! concurrent requests wait their turn instead of being dropped. Tokens travel to the HTTP side
-//! over a channel; a client that goes away stops its generation.
+//! over a channel; a client that goes away stops its generation. A request for `n` choices is
+//! answered one choice after another (each reuses the prompt's cached keys and values).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,31 +13,44 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
+use selfroute_core::logprobs::token_text_and_bytes;
 use selfroute_core::offload::mask_offload;
 use selfroute_core::openai::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, ResponseMessage, Usage,
+    ApiError, ChatChunk, ChatResponse, Choice, ChoiceLogprobs, ChunkChoice, Delta, LogprobEntry,
+    ResponseMessage, TopLogprob, Usage,
 };
 use selfroute_core::{
     ChatTemplate, Control, Error as CoreError, FinishReason, GenerationParams, Generator,
-    OffloadSignal, Role, SamplingParams, Tokenizer,
+    OffloadSignal, Role, TokenLogprobs, Tokenizer,
 };
 use selfroute_engine::Engine;
 use tokio::sync::mpsc;
 
-use super::api::{Limits, RequestId, error_response};
+use super::api::{Limits, RequestId, api_error_response, error_response};
+use super::params::{LocalRequest, generation_params};
 use crate::load::LoadedModel;
 
 struct Job {
     id: RequestId,
     stream: bool,
     prompt: Vec<u32>,
-    params: GenerationParams,
+    /// One entry per choice.
+    params: Vec<GenerationParams>,
     queued_at: Instant,
     events: mpsc::UnboundedSender<JobEvent>,
 }
 
 enum JobEvent {
-    Text(String),
+    /// New text of one choice, with the log-probs of the token it came with (when asked for).
+    Text {
+        choice: u32,
+        text: String,
+        logprobs: Option<LogprobEntry>,
+    },
+    ChoiceDone {
+        choice: u32,
+        finish: FinishReason,
+    },
     Done(Done),
     Failed(String),
 }
@@ -44,6 +58,7 @@ enum JobEvent {
 struct Done {
     finish: FinishReason,
     prompt_tokens: usize,
+    /// Over all choices.
     completion_tokens: usize,
     queue_ms: f64,
     /// From arrival to the first token, queueing included.
@@ -81,6 +96,7 @@ pub struct LocalEngine {
     /// As a cloud, the model answers: its offload token (if any) is masked.
     base_bias: Vec<(u32, f32)>,
     context: usize,
+    vocab: usize,
     model_id: String,
     queued: Arc<AtomicUsize>,
 }
@@ -120,6 +136,7 @@ impl LocalEngine {
             template: Arc::new(template),
             base_bias,
             context: loaded.config.context_length,
+            vocab: loaded.config.vocab_size,
             model_id,
             queued,
         })
@@ -133,42 +150,51 @@ impl LocalEngine {
         self.queued.load(Ordering::Relaxed)
     }
 
-    pub async fn complete(&self, id: RequestId, request: ChatRequest, limits: &Limits) -> Response {
+    /// Width of the model's logits: the bound on `logit_bias` token ids.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    pub async fn complete(
+        &self,
+        id: RequestId,
+        checked: LocalRequest,
+        limits: &Limits,
+    ) -> Response {
+        let LocalRequest {
+            request,
+            choices,
+            include_usage,
+        } = checked;
         let prompt = match self
             .template
             .encode(&request.messages, true, &self.tokenizer)
         {
             Ok(p) => p,
             Err(e) => {
-                return error_response(
+                return api_error_response(
                     StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    e.to_string(),
+                    ApiError::invalid_param("messages", "invalid_value", e.to_string()),
                 );
             }
         };
         if prompt.len() >= self.context {
-            return error_response(
+            return api_error_response(
                 StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                CoreError::PromptTooLong {
-                    prompt_tokens: prompt.len(),
-                    context: self.context,
-                }
-                .to_string(),
+                ApiError::invalid_param(
+                    "messages",
+                    "context_length_exceeded",
+                    CoreError::PromptTooLong {
+                        prompt_tokens: prompt.len(),
+                        context: self.context,
+                    }
+                    .to_string(),
+                ),
             );
         }
-        let params = GenerationParams {
-            max_new_tokens: request.token_limit().unwrap_or(limits.default_max_tokens) as usize,
-            sampling: SamplingParams {
-                temperature: request.temperature.unwrap_or(0.0),
-                top_p: request.top_p.unwrap_or(1.0),
-                seed: request.seed.unwrap_or(42),
-                ..SamplingParams::default()
-            },
-            logit_bias: self.base_bias.clone(),
-            ..GenerationParams::default()
-        };
+        let params = (0..choices)
+            .map(|i| generation_params(&request, limits, &self.base_bias, i))
+            .collect();
         let (events, receiver) = mpsc::unbounded_channel();
         let job = Job {
             id: id.clone(),
@@ -181,10 +207,10 @@ impl LocalEngine {
         self.queued.fetch_add(1, Ordering::Relaxed);
         if self.jobs.try_send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            let mut response = error_response(
+            let mut response = api_error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the request queue is full; retry shortly",
+                ApiError::new("the request queue is full; retry shortly", "server_busy")
+                    .with_code("server_busy"),
             );
             response
                 .headers_mut()
@@ -197,12 +223,37 @@ impl LocalEngine {
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            choices,
+            include_usage,
+            logprobs: request.logprobs == Some(true),
         };
         if request.stream {
             stream_response(meta, receiver)
         } else {
             collect_response(meta, receiver).await
         }
+    }
+}
+
+/// One token's log-probs as OpenAI writes them.
+fn logprob_entry(tokenizer: &Tokenizer, logprobs: &TokenLogprobs) -> LogprobEntry {
+    let (token, bytes) = token_text_and_bytes(tokenizer, logprobs.chosen.id);
+    LogprobEntry {
+        token,
+        logprob: logprobs.chosen.logprob,
+        bytes: Some(bytes),
+        top_logprobs: logprobs
+            .top
+            .iter()
+            .map(|t| {
+                let (token, bytes) = token_text_and_bytes(tokenizer, t.id);
+                TopLogprob {
+                    token,
+                    logprob: t.logprob,
+                    bytes: Some(bytes),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -221,14 +272,24 @@ fn work(
         let started = Instant::now();
         let queue_ms = (started - job.queued_at).as_secs_f64() * 1e3;
         let mut first_token: Option<Instant> = None;
-        let result =
-            pollster::block_on(
-                generator.generate(tokenizer, &job.prompt, &job.params, |event| {
+        let mut completion_tokens = 0;
+        let mut prompt_tokens = job.prompt.len();
+        let mut finish = FinishReason::Stop;
+        let mut failure = None;
+        for (index, params) in job.params.iter().enumerate() {
+            let choice = index as u32;
+            let result =
+                pollster::block_on(generator.generate(tokenizer, &job.prompt, params, |event| {
                     first_token.get_or_insert_with(Instant::now);
-                    if !event.text.is_empty()
+                    let logprobs = event.logprobs.map(|l| logprob_entry(tokenizer, l));
+                    if (!event.text.is_empty() || logprobs.is_some())
                         && job
                             .events
-                            .send(JobEvent::Text(event.text.to_string()))
+                            .send(JobEvent::Text {
+                                choice,
+                                text: event.text.to_string(),
+                                logprobs,
+                            })
                             .is_err()
                     {
                         return Control::Stop;
@@ -238,14 +299,30 @@ fn work(
                     } else {
                         Control::Continue
                     }
-                }),
-            );
-        let event = match result {
-            Ok(generation) => {
+                }));
+            match result {
+                Ok(generation) => {
+                    completion_tokens += generation.tokens.len();
+                    prompt_tokens = generation.prompt_tokens;
+                    finish = generation.finish_reason;
+                    let _ = job.events.send(JobEvent::ChoiceDone { choice, finish });
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %job.id.0, error = %e, "generation failed");
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+            if job.events.is_closed() {
+                break;
+            }
+        }
+        let event = match failure {
+            None => {
                 let done = Done {
-                    finish: generation.finish_reason,
-                    prompt_tokens: generation.prompt_tokens,
-                    completion_tokens: generation.tokens.len(),
+                    finish,
+                    prompt_tokens,
+                    completion_tokens,
                     queue_ms,
                     first_token_ms: first_token.map(|t| (t - job.queued_at).as_secs_f64() * 1e3),
                 };
@@ -253,10 +330,7 @@ fn work(
                 done.log(&job.id.0, job.stream, job.events.is_closed());
                 JobEvent::Done(done)
             }
-            Err(e) => {
-                tracing::error!(request_id = %job.id.0, error = %e, "generation failed");
-                JobEvent::Failed(e.to_string())
-            }
+            Some(message) => JobEvent::Failed(message),
         };
         let _ = job.events.send(event);
     }
@@ -266,6 +340,9 @@ struct ResponseMeta {
     id: String,
     model: String,
     created: u64,
+    choices: u32,
+    include_usage: bool,
+    logprobs: bool,
 }
 
 fn finish_text(finish: FinishReason) -> &'static str {
@@ -275,67 +352,99 @@ fn finish_text(finish: FinishReason) -> &'static str {
     }
 }
 
-fn chunk(meta: &ResponseMeta, delta: Delta, finish: Option<&str>, usage: Option<Usage>) -> String {
+fn chunk(meta: &ResponseMeta, choices: Vec<ChunkChoice>, usage: Option<Usage>) -> Event {
     let chunk = ChatChunk {
         id: meta.id.clone(),
         object: "chat.completion.chunk".into(),
         created: meta.created,
         model: meta.model.clone(),
-        choices: vec![ChunkChoice {
-            index: 0,
-            delta,
-            finish_reason: finish.map(str::to_string),
-        }],
+        choices,
         usage,
     };
-    serde_json::to_string(&chunk).unwrap_or_default()
+    Event::default().data(serde_json::to_string(&chunk).unwrap_or_default())
+}
+
+fn choice_chunk(
+    meta: &ResponseMeta,
+    index: u32,
+    delta: Delta,
+    finish: Option<&str>,
+    logprobs: Option<ChoiceLogprobs>,
+) -> Event {
+    chunk(
+        meta,
+        vec![ChunkChoice {
+            index,
+            delta,
+            finish_reason: finish.map(str::to_string),
+            logprobs,
+        }],
+        None,
+    )
 }
 
 fn stream_response(meta: ResponseMeta, receiver: mpsc::UnboundedReceiver<JobEvent>) -> Response {
     let meta = Arc::new(meta);
-    let first = Event::default().data(chunk(
-        &meta,
-        Delta {
-            role: Some(Role::Assistant),
-            content: None,
-        },
-        None,
-        None,
-    ));
+    // Every choice opens with its role, as OpenAI streams it.
+    let first: Vec<Result<Event, Infallible>> = (0..meta.choices)
+        .map(|index| {
+            Ok(choice_chunk(
+                &meta,
+                index,
+                Delta {
+                    role: Some(Role::Assistant),
+                    content: Some(String::new()),
+                },
+                None,
+                None,
+            ))
+        })
+        .collect();
     let events = stream::unfold(receiver, |mut rx| async move {
         rx.recv().await.map(|event| (event, rx))
     })
     .map(move |event| {
-        let items: Vec<Event> = match &event {
-            JobEvent::Text(text) => vec![Event::default().data(chunk(
+        let items: Vec<Event> = match event {
+            JobEvent::Text {
+                choice,
+                text,
+                logprobs,
+            } => vec![choice_chunk(
                 &meta,
+                choice,
                 Delta {
                     role: None,
-                    content: Some(text.clone()),
+                    content: Some(text),
                 },
                 None,
+                logprobs.map(|entry| ChoiceLogprobs {
+                    content: vec![entry],
+                }),
+            )],
+            JobEvent::ChoiceDone { choice, finish } => vec![choice_chunk(
+                &meta,
+                choice,
+                Delta::default(),
+                Some(finish_text(finish)),
                 None,
-            ))],
+            )],
             JobEvent::Done(done) => {
-                vec![
-                    Event::default().data(chunk(
-                        &meta,
-                        Delta::default(),
-                        Some(finish_text(done.finish)),
-                        Some(done.usage()),
-                    )),
-                    Event::default().data("[DONE]"),
-                ]
+                let mut items = Vec::new();
+                if meta.include_usage {
+                    items.push(chunk(&meta, Vec::new(), Some(done.usage())));
+                }
+                items.push(Event::default().data("[DONE]"));
+                items
             }
             JobEvent::Failed(message) => {
-                let error = selfroute_core::openai::ApiError::new(message.clone(), "server_error");
+                let error = ApiError::new(message, "server_error");
                 vec![Event::default().data(serde_json::to_string(&error).unwrap_or_default())]
             }
         };
         stream::iter(items.into_iter().map(Ok::<_, Infallible>))
     })
     .flatten();
-    Sse::new(stream::once(async move { Ok(first) }).chain(events))
+    Sse::new(stream::iter(first).chain(events))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -344,10 +453,36 @@ async fn collect_response(
     meta: ResponseMeta,
     mut receiver: mpsc::UnboundedReceiver<JobEvent>,
 ) -> Response {
-    let mut text = String::new();
+    let mut choices: Vec<Choice> = (0..meta.choices)
+        .map(|index| Choice {
+            index,
+            message: ResponseMessage {
+                role: Role::Assistant,
+                content: Some(String::new()),
+            },
+            finish_reason: None,
+            logprobs: meta.logprobs.then(ChoiceLogprobs::default),
+        })
+        .collect();
     while let Some(event) = receiver.recv().await {
         match event {
-            JobEvent::Text(t) => text.push_str(&t),
+            JobEvent::Text {
+                choice,
+                text,
+                logprobs,
+            } => {
+                if let Some(c) = choices.get_mut(choice as usize) {
+                    c.message.content.get_or_insert_default().push_str(&text);
+                    if let (Some(all), Some(entry)) = (&mut c.logprobs, logprobs) {
+                        all.content.push(entry);
+                    }
+                }
+            }
+            JobEvent::ChoiceDone { choice, finish } => {
+                if let Some(c) = choices.get_mut(choice as usize) {
+                    c.finish_reason = Some(finish_text(finish).into());
+                }
+            }
             JobEvent::Failed(message) => {
                 return error_response(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message);
             }
@@ -357,14 +492,7 @@ async fn collect_response(
                     object: "chat.completion".into(),
                     created: meta.created,
                     model: meta.model,
-                    choices: vec![Choice {
-                        index: 0,
-                        message: ResponseMessage {
-                            role: Role::Assistant,
-                            content: Some(text),
-                        },
-                        finish_reason: Some(finish_text(done.finish).into()),
-                    }],
+                    choices,
                     usage: Some(done.usage()),
                 };
                 return axum::Json(response).into_response();

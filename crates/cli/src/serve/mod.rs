@@ -4,6 +4,7 @@
 
 mod api;
 mod local;
+mod params;
 mod static_files;
 mod upstream;
 
@@ -89,6 +90,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: u32,
 
+    /// Largest `n` (answers per request) the local model gives; they are generated one after
+    /// another.
+    #[arg(long, default_value_t = 8)]
+    pub max_choices: u32,
+
     /// Requests waiting for the local model beyond this many are refused with 503.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
@@ -105,9 +111,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_messages: args.max_messages,
         max_tokens_limit: args.max_tokens_limit,
         default_max_tokens: args.default_max_tokens.min(args.max_tokens_limit),
+        max_choices: args.max_choices,
     };
-    if limits.max_messages == 0 || limits.max_tokens_limit == 0 {
-        bail!("--max-messages and --max-tokens-limit must be at least 1");
+    if limits.max_messages == 0 || limits.max_tokens_limit == 0 || limits.max_choices == 0 {
+        bail!("--max-messages, --max-tokens-limit and --max-choices must be at least 1");
     }
     let required_key = match &args.require_key_env {
         Some(name) => Some(
