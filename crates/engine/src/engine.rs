@@ -2,6 +2,7 @@
 
 use candle_core::Device;
 use selfroute_candle::CandleModel;
+use selfroute_core::backend::{BatchBackend, BatchStep, SeqId};
 use selfroute_core::{
     Backend, BackendError, BackendErrorKind, Logits, LogitsFor, ModelConfig, TokenPick,
     WeightSource,
@@ -201,6 +202,53 @@ impl Backend for Engine {
             Active::Gpu(m) => m.truncate_cache(len),
         }
     }
+}
+
+/// Batched decoding runs on the CPU engine; the GPU engine holds one sequence, so a caller that
+/// gets `Unsupported` from `new_sequence` serves requests one at a time instead.
+impl BatchBackend for Engine {
+    fn batch_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn new_sequence(&mut self) -> selfroute_core::Result<SeqId> {
+        match &mut self.active {
+            Active::Cpu(m) => BatchBackend::new_sequence(m.as_mut()),
+            Active::Gpu(_) => Err(no_batch()),
+        }
+    }
+
+    fn drop_sequence(&mut self, seq: SeqId) {
+        if let Active::Cpu(m) = &mut self.active {
+            BatchBackend::drop_sequence(m.as_mut(), seq);
+        }
+    }
+
+    fn prefill(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        start_pos: usize,
+    ) -> selfroute_core::Result<Logits> {
+        match &mut self.active {
+            Active::Cpu(m) => m.prefill(seq, tokens, start_pos),
+            Active::Gpu(_) => Err(no_batch()),
+        }
+    }
+
+    fn decode(&mut self, steps: &[BatchStep]) -> selfroute_core::Result<Logits> {
+        match &mut self.active {
+            Active::Cpu(m) => m.decode(steps),
+            Active::Gpu(_) => Err(no_batch()),
+        }
+    }
+}
+
+fn no_batch() -> selfroute_core::Error {
+    selfroute_core::Error::Backend(BackendError::new(
+        BackendErrorKind::Unsupported,
+        "the GPU engine decodes one sequence at a time",
+    ))
 }
 
 fn not_on_device() -> selfroute_core::Error {

@@ -6,11 +6,20 @@
 //! It does no I/O of its own: model bytes and the cloud client come from the caller.
 
 mod assistant;
+pub mod batch;
+#[cfg(not(target_arch = "wasm32"))]
+mod batch_worker;
 mod choice;
 mod engine;
 mod error;
 
 pub use assistant::{OffloadRouting, RoutingOptions, build_assistant};
+pub use batch::{
+    BatchOptions, CancelToken, Finished, Flow, Picked, SamplerPicker, Scheduler, SequenceEvent,
+    SequenceRequest, Submission, TokenPicker, TokenSink,
+};
+#[cfg(not(target_arch = "wasm32"))]
+pub use batch_worker::{BatchWorker, SequenceHandle};
 pub use choice::{BackendChoice, EngineKind, EngineOptions, Selection, load_engine};
 pub use engine::Engine;
 pub use error::EngineError;

@@ -130,3 +130,126 @@ unsafe fn dot4(
     }
     std::array::from_fn(|k| hsum(acc[k]) + offset[k])
 }
+
+/// Several activation rows through the same weight rows, as `avx512::matvec_multi` does:
+/// out[v * stride + at + i] = W[first_row + i] . xs[v]; each block is widened once for up to
+/// four activation rows, and per (row, activation) the arithmetic is `matvec_rows`'s exactly.
+///
+/// # Safety
+/// The CPU must support avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn matvec_multi(
+    w: &QuantMatrix,
+    first_row: usize,
+    n: usize,
+    rows_out: super::dispatch::MultiOut<'_>,
+) {
+    let super::dispatch::MultiOut {
+        xs,
+        sums,
+        batch,
+        out,
+        stride,
+        at,
+    } = rows_out;
+    let nb = w.blocks_per_row();
+    let cols = nb * BLOCK;
+    assert!(
+        xs.len() >= batch * cols
+            && sums.len() >= batch * nb
+            && (batch == 0 || out.len() >= (batch - 1) * stride + at + n),
+        "activation and output lengths checked by the caller"
+    );
+    let mut v = 0;
+    while v < batch {
+        let take = (batch - v).min(4);
+        for i in 0..n {
+            let row = w.row(first_row + i);
+            let (x, s) = (&xs[v * cols..], &sums[v * nb..]);
+            let dots: [f32; 4] = unsafe {
+                match take {
+                    4 => dot1xv::<4>(w.format(), row, x, s, nb),
+                    3 => pad(dot1xv::<3>(w.format(), row, x, s, nb)),
+                    2 => pad(dot1xv::<2>(w.format(), row, x, s, nb)),
+                    _ => pad(dot1xv::<1>(w.format(), row, x, s, nb)),
+                }
+            };
+            for (j, d) in dots.iter().take(take).enumerate() {
+                out[(v + j) * stride + at + i] = *d;
+            }
+        }
+        v += take;
+    }
+}
+
+fn pad<const V: usize>(a: [f32; V]) -> [f32; 4] {
+    std::array::from_fn(|j| a.get(j).copied().unwrap_or(0.0))
+}
+
+/// One row with V activation rows (back to back in x, their block sums back to back in
+/// block_sums); per pair the operations of dot4, in the same order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot1xv<const V: usize>(
+    format: BlockFormat,
+    (q, d, m): (&[u8], &[f16], &[f16]),
+    x: &[f32],
+    block_sums: &[f32],
+    nb: usize,
+) -> [f32; V] {
+    let qb = format.quant_bytes();
+    let cols = nb * BLOCK;
+    let nibbles = matches!(format, BlockFormat::Q4_0 | BlockFormat::Q4_1);
+    assert!(
+        q.len() == nb * qb
+            && d.len() == nb
+            && (!nibbles || m.len() == nb)
+            && x.len() >= V * cols
+            && block_sums.len() >= V * nb,
+        "row layout checked at construction, activations by the caller"
+    );
+    let mut acc = [_mm256_setzero_ps(); V];
+    let mut offset = [0.0f32; V];
+    let xp = x.as_ptr();
+    // SAFETY (all loads below): b < nb, the row holds nb * qb quant bytes and nb scales, x holds
+    // V rows of nb * 32 floats and block_sums V rows of nb sums, as asserted above.
+    unsafe {
+        for b in 0..nb {
+            let widened: [__m256; 4] = if nibbles {
+                let packed = _mm_loadu_si128(q.as_ptr().add(b * 16) as *const __m128i);
+                let mask = _mm_set1_epi8(0x0F);
+                let lo = _mm_and_si128(packed, mask);
+                let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+                [
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
+                ]
+            } else {
+                let p = q.as_ptr().add(b * 32);
+                let first = _mm_loadu_si128(p as *const __m128i);
+                let second = _mm_loadu_si128(p.add(16) as *const __m128i);
+                [
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(first)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(first, 8))),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(second)),
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(second, 8))),
+                ]
+            };
+            let scale = splat_f16(*d.get_unchecked(b));
+            for j in 0..V {
+                let base = xp.add(j * cols + b * BLOCK);
+                let mut t = _mm256_mul_ps(_mm256_loadu_ps(base), widened[0]);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(8)), widened[1], t);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(16)), widened[2], t);
+                t = _mm256_fmadd_ps(_mm256_loadu_ps(base.add(24)), widened[3], t);
+                acc[j] = _mm256_fmadd_ps(scale, t, acc[j]);
+                if nibbles {
+                    offset[j] += m.get_unchecked(b).to_f32() * block_sums.get_unchecked(j * nb + b);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|j| hsum(acc[j]) + offset[j])
+}

@@ -132,3 +132,129 @@ unsafe fn dot4(
     }
     std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
 }
+
+/// Several activation rows (one per sequence of a batched decode step) through the same weight
+/// rows: out[v * stride + at + i] = W[first_row + i] . xs[v] for i < n. Each weight block is
+/// turned into floats once and used for up to four activation rows; per (row, activation) the
+/// arithmetic is exactly `matvec_rows`'s, so the results are equal bit for bit.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, fma and f16c.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub unsafe fn matvec_multi(
+    w: &QuantMatrix,
+    first_row: usize,
+    n: usize,
+    rows_out: super::dispatch::MultiOut<'_>,
+) {
+    let super::dispatch::MultiOut {
+        xs,
+        batch,
+        out,
+        stride,
+        at,
+        ..
+    } = rows_out;
+    let nb = w.blocks_per_row();
+    let cols = nb * BLOCK;
+    assert!(
+        xs.len() >= batch * cols && (batch == 0 || out.len() >= (batch - 1) * stride + at + n),
+        "activation and output lengths checked by the caller"
+    );
+    let mut v = 0;
+    while v < batch {
+        let take = (batch - v).min(4);
+        for i in 0..n {
+            let row = w.row(first_row + i);
+            let x = &xs[v * cols..];
+            let sums: [f32; 4] = unsafe {
+                match take {
+                    4 => dot1xv::<4>(w.format(), row, x, cols, nb),
+                    3 => pad(dot1xv::<3>(w.format(), row, x, cols, nb)),
+                    2 => pad(dot1xv::<2>(w.format(), row, x, cols, nb)),
+                    _ => pad(dot1xv::<1>(w.format(), row, x, cols, nb)),
+                }
+            };
+            for (j, s) in sums.iter().take(take).enumerate() {
+                out[(v + j) * stride + at + i] = *s;
+            }
+        }
+        v += take;
+    }
+}
+
+fn pad<const V: usize>(a: [f32; V]) -> [f32; 4] {
+    std::array::from_fn(|j| a.get(j).copied().unwrap_or(0.0))
+}
+
+/// One row with V activation rows (x holds them back to back, `cols` apart); the per-pair
+/// operations are dot4's, in the same order.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+unsafe fn dot1xv<const V: usize>(
+    format: BlockFormat,
+    (q, d, m): (&[u8], &[f16], &[f16]),
+    x: &[f32],
+    cols: usize,
+    nb: usize,
+) -> [f32; V] {
+    let qb = format.quant_bytes();
+    let nibbles = matches!(format, BlockFormat::Q4_0 | BlockFormat::Q4_1);
+    assert!(
+        q.len() == nb * qb
+            && d.len() == nb
+            && (!nibbles || m.len() == nb)
+            && x.len() >= V * cols
+            && cols >= nb * BLOCK,
+        "row layout checked at construction, activations by the caller"
+    );
+    let mut acc = [_mm512_setzero_ps(); V];
+    let xp = x.as_ptr();
+    // SAFETY (all loads below): b < nb, the row holds nb * qb quant bytes and nb scales, and x
+    // holds V rows of cols >= nb * 32 floats, as asserted above.
+    unsafe {
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let iota = _mm512_setr_ps(
+                    0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
+                );
+                for b in 0..nb {
+                    let table = _mm512_fmadd_ps(
+                        iota,
+                        splat_f16(*d.get_unchecked(b)),
+                        splat_f16(*m.get_unchecked(b)),
+                    );
+                    let packed = _mm_loadu_si128(q.as_ptr().add(b * 16) as *const __m128i);
+                    let wide = _mm512_cvtepu8_epi32(packed);
+                    let lo = _mm512_permutexvar_ps(wide, table);
+                    let hi = _mm512_permutexvar_ps(_mm512_srli_epi32(wide, 4), table);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let x0 = _mm512_loadu_ps(xp.add(j * cols + b * BLOCK));
+                        let x1 = _mm512_loadu_ps(xp.add(j * cols + b * BLOCK + 16));
+                        *a = _mm512_fmadd_ps(x0, lo, *a);
+                        *a = _mm512_fmadd_ps(x1, hi, *a);
+                    }
+                }
+            }
+            BlockFormat::Q8_0 => {
+                for b in 0..nb {
+                    let p = q.as_ptr().add(b * 32);
+                    let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        p as *const __m128i,
+                    )));
+                    let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        p.add(16) as *const __m128i
+                    )));
+                    let scale = splat_f16(*d.get_unchecked(b));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let x0 = _mm512_loadu_ps(xp.add(j * cols + b * BLOCK));
+                        let x1 = _mm512_loadu_ps(xp.add(j * cols + b * BLOCK + 16));
+                        let t = _mm512_fmadd_ps(x1, hi, _mm512_mul_ps(x0, lo));
+                        *a = _mm512_fmadd_ps(scale, t, *a);
+                    }
+                }
+            }
+        }
+    }
+    std::array::from_fn(|j| _mm512_reduce_add_ps(acc[j]))
+}

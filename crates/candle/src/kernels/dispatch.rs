@@ -96,6 +96,47 @@ pub fn matvec_rows(w: &QuantMatrix, first: usize, x: &[f32], sums: &[f32], out: 
     }
 }
 
+/// Where `matvec_multi` reads and writes: `batch` activation rows back to back in `xs`, their
+/// block sums back to back in `sums`; row v's result for weight row first_row + i goes to
+/// `out[v * stride + at + i]`.
+pub struct MultiOut<'a> {
+    pub xs: &'a [f32],
+    pub sums: &'a [f32],
+    pub batch: usize,
+    pub out: &'a mut [f32],
+    pub stride: usize,
+    pub at: usize,
+}
+
+/// Weight rows first_row..first_row + n times every activation row, each pair computed exactly
+/// as `matvec_rows` computes it. The SIMD paths turn each weight block into floats once for
+/// several activation rows; the others run `matvec_rows` per activation row.
+pub fn matvec_multi(w: &QuantMatrix, first_row: usize, n: usize, rows_out: MultiOut<'_>) {
+    match level() {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { super::avx512::matvec_multi(w, first_row, n, rows_out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { super::avx2::matvec_multi(w, first_row, n, rows_out) },
+        _ => {
+            let MultiOut {
+                xs,
+                sums,
+                batch,
+                out,
+                stride,
+                at,
+            } = rows_out;
+            let (cols, nb) = (w.cols(), w.blocks_per_row());
+            for v in 0..batch {
+                let (x, s) = (&xs[v * cols..(v + 1) * cols], &sums[v * nb..(v + 1) * nb]);
+                let o = &mut out[v * stride + at..v * stride + at + n];
+                matvec_rows(w, first_row, x, s, o);
+            }
+        }
+    }
+}
+
 pub fn matmul_rows(w: &QuantMatrix, first: usize, xs: &[f32], batch: usize, out: &mut [f32]) {
     match level() {
         // SAFETY: as above.

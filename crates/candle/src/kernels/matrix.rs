@@ -190,18 +190,23 @@ impl QuantMatrix {
     /// together: each activation row goes through the batch-1 matrix-vector kernel, so every
     /// output equals a batch-1 `matmul` of that row bit for bit (a batched step cannot change a
     /// greedy continuation), while the rows run tile by tile: the B rows reuse each tile of
-    /// weights from cache, so the weights are read from memory about once per step, not B times.
+    /// weights from cache, so the weights are read from memory about once per step, not B times,
+    /// and the AVX paths turn each weight block into floats once for up to four rows.
     pub fn matvec_batch(
         &self,
         xs: &[f32],
         batch: usize,
         out: &mut [f32],
     ) -> Result<(), KernelError> {
+        if batch == 1 {
+            // One sequence: the decode step itself (four rows at a time, prefetching).
+            return self.matmul(xs, batch, out);
+        }
         self.check_shapes(xs, batch, out)?;
         if batch == 0 || self.rows == 0 {
             return Ok(());
         }
-        let sums: Vec<Vec<f32>> = xs.chunks_exact(self.cols).map(block_sums).collect();
+        let sums = block_sums(xs);
         let threads = rayon::current_num_threads().max(1);
         let chunk_rows = self.rows.div_ceil(threads * 4).max(16);
         let tile = self.tile_rows();
@@ -215,10 +220,15 @@ impl QuantMatrix {
                 let mut start = 0;
                 while start < len {
                     let n = (len - start).min(tile);
-                    for (b, (x, s)) in xs.chunks_exact(self.cols).zip(&sums).enumerate() {
-                        let o = &mut chunk[b * len + start..b * len + start + n];
-                        dispatch::matvec_rows(self, i * chunk_rows + start, x, s, o);
-                    }
+                    let rows_out = dispatch::MultiOut {
+                        xs,
+                        sums: &sums,
+                        batch,
+                        out: chunk,
+                        stride: len,
+                        at: start,
+                    };
+                    dispatch::matvec_multi(self, i * chunk_rows + start, n, rows_out);
                     start += n;
                 }
             });

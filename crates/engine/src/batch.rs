@@ -1,0 +1,459 @@
+//! Continuous batching: several sequences decoded together, one forward pass per step for all
+//! of them, on any [`BatchBackend`].
+//!
+//! [`Scheduler`] is the I/O-free core: requests wait in arrival order, join between steps while
+//! fewer than [`BatchOptions::max_sequences`] are in flight, and leave at once when they finish
+//! (a stop token, their token limit, a full context) or are cancelled (their [`CancelToken`], or
+//! their [`TokenSink`] answering [`Flow::Stop`]). A new request's prompt runs on its own
+//! (`BatchBackend::prefill`), in chunks of at most [`BatchOptions::prefill_chunk`] tokens per step
+//! so that a long prompt delays the others' next token by one chunk, not by the whole prompt; the
+//! sequences already decoding then take their step together (`BatchBackend::decode`).
+//!
+//! Each sequence picks its tokens through its own [`TokenPicker`] (core's [`Sampler`] by
+//! default, [`SamplerPicker`]), so penalties, logit bias and log-probabilities attach per
+//! request. [`crate::BatchWorker`] runs a scheduler on its own thread for a server or the
+//! trainer (native builds only).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use selfroute_core::backend::{BatchBackend, BatchStep, SeqId};
+use selfroute_core::{FinishReason, Sampler};
+
+/// How many sequences share a step and how much prompt runs between two steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Sequences decoding at once; later requests wait for a place.
+    pub max_sequences: usize,
+    /// Prompt tokens run per step (over all joining sequences), so that the sequences in flight
+    /// keep getting tokens while a long prompt is read.
+    pub prefill_chunk: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_sequences: 16,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+/// One token a sequence picked, with whatever its picker measured about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picked {
+    pub token: u32,
+    /// The token's log-probability, where the picker computes it.
+    pub logprob: Option<f32>,
+    /// The most likely alternatives (token, log-probability), where the picker computes them.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+impl Picked {
+    pub fn token(token: u32) -> Self {
+        Self {
+            token,
+            logprob: None,
+            top_logprobs: Vec::new(),
+        }
+    }
+}
+
+/// Picks a sequence's next token from its row of logits.
+pub trait TokenPicker: Send {
+    /// `history` is the prompt and every token picked so far; `logits` may be modified.
+    fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> selfroute_core::Result<Picked>;
+}
+
+/// Core's [`Sampler`] with a logit bias added first (as a server masks the offload token).
+pub struct SamplerPicker {
+    sampler: Sampler,
+    logit_bias: Vec<(u32, f32)>,
+}
+
+impl SamplerPicker {
+    pub fn new(sampler: Sampler, logit_bias: Vec<(u32, f32)>) -> Self {
+        Self {
+            sampler,
+            logit_bias,
+        }
+    }
+}
+
+impl TokenPicker for SamplerPicker {
+    fn pick(&mut self, logits: &mut [f32], history: &[u32]) -> selfroute_core::Result<Picked> {
+        for (token, bias) in &self.logit_bias {
+            // A bias for a token past the vocabulary has nothing to move.
+            if let Some(l) = logits.get_mut(*token as usize) {
+                *l += bias;
+            }
+        }
+        Ok(Picked::token(self.sampler.sample(logits, history)?))
+    }
+}
+
+/// Why a sequence ended, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a sequence's sink hears: its tokens as they are picked, then exactly one of
+/// `Finished` or `Failed`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SequenceEvent {
+    Token(Picked),
+    Finished(Finished),
+    Failed(String),
+}
+
+/// Whether the receiver wants more tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The receiver is done (its client left, a stop string appeared): the sequence leaves
+    /// before the next step and its sink hears `Finished` with [`FinishReason::Cancelled`].
+    Stop,
+}
+
+/// Where a sequence's events go; runs on the scheduler's thread, so it should only hand the
+/// event on (a channel send).
+pub trait TokenSink: Send {
+    fn send(&mut self, event: SequenceEvent) -> Flow;
+}
+
+impl<F: FnMut(SequenceEvent) -> Flow + Send> TokenSink for F {
+    fn send(&mut self, event: SequenceEvent) -> Flow {
+        self(event)
+    }
+}
+
+impl TokenSink for std::sync::mpsc::Sender<SequenceEvent> {
+    fn send(&mut self, event: SequenceEvent) -> Flow {
+        match std::sync::mpsc::Sender::send(self, event) {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+}
+
+/// Cancels a sequence from any thread; the scheduler sees it before its next step.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A request to generate: a tokenized prompt and its limits.
+pub struct SequenceRequest {
+    pub prompt: Vec<u32>,
+    /// Tokens to generate at most.
+    pub max_tokens: usize,
+    /// Tokens that end the sequence when picked (EOS, end of turn); they are not sent.
+    pub stop_tokens: Vec<u32>,
+    pub picker: Box<dyn TokenPicker>,
+}
+
+/// A request with the places its events go and its cancellation comes from.
+pub struct Submission {
+    pub request: SequenceRequest,
+    pub sink: Box<dyn TokenSink>,
+    pub cancel: CancelToken,
+}
+
+struct Waiting {
+    submission: Submission,
+}
+
+struct Running {
+    seq: SeqId,
+    /// Prompt, then every token picked; the last one is fed at the next step.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    generated: usize,
+    max_tokens: usize,
+    stop_tokens: Vec<u32>,
+    picker: Box<dyn TokenPicker>,
+    sink: Box<dyn TokenSink>,
+    cancel: CancelToken,
+    /// Set when the sequence ends; it leaves at the end of the step.
+    ended: bool,
+}
+
+impl Running {
+    fn finish(&mut self, reason: FinishReason) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.sink.send(SequenceEvent::Finished(Finished {
+            reason,
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated,
+        }));
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.sink.send(SequenceEvent::Failed(message));
+    }
+
+    fn decoding(&self) -> bool {
+        !self.ended && self.prefilled == self.prompt_len
+    }
+
+    /// Picks the next token from this sequence's logits row and sends it, or ends the sequence.
+    fn take_pick(&mut self, row: &mut [f32], context: usize) {
+        let picked = match self.picker.pick(row, &self.tokens) {
+            Ok(picked) => picked,
+            Err(e) => return self.fail(e.to_string()),
+        };
+        if self.stop_tokens.contains(&picked.token) {
+            return self.finish(FinishReason::Stop);
+        }
+        let token = picked.token;
+        self.generated += 1;
+        if self.sink.send(SequenceEvent::Token(picked)) == Flow::Stop {
+            return self.finish(FinishReason::Cancelled);
+        }
+        self.tokens.push(token);
+        if self.generated >= self.max_tokens {
+            self.finish(FinishReason::Length);
+        } else if self.tokens.len() > context {
+            // The picked token would be fed at position tokens.len() - 1: past the context.
+            self.finish(FinishReason::ContextFull);
+        }
+    }
+}
+
+/// Sequences in flight over one [`BatchBackend`]; see the module documentation.
+pub struct Scheduler<B: BatchBackend> {
+    backend: B,
+    options: BatchOptions,
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running>,
+}
+
+impl<B: BatchBackend> Scheduler<B> {
+    pub fn new(backend: B, options: BatchOptions) -> Self {
+        Self {
+            backend,
+            options: BatchOptions {
+                max_sequences: options.max_sequences.max(1),
+                prefill_chunk: options.prefill_chunk.max(1),
+            },
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
+    }
+
+    /// Queues a request; it joins at the next step with a free place.
+    pub fn submit(&mut self, submission: Submission) {
+        self.waiting.push_back(Waiting { submission });
+    }
+
+    /// Whether a step would do anything.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Requests not yet admitted.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Sequences in flight.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Gives the backend back (after the last step).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// One round: admit waiting requests, drop cancelled sequences, run one prompt chunk, then
+    /// one decode step for every sequence past its prompt, and let finished sequences leave.
+    pub fn step(&mut self) {
+        self.admit();
+        for r in &mut self.running {
+            if r.cancel.is_cancelled() {
+                r.finish(FinishReason::Cancelled);
+            }
+        }
+        self.leave();
+        self.prefill();
+        self.decode();
+        self.leave();
+    }
+
+    fn admit(&mut self) {
+        let context = self.backend.batch_config().context_length;
+        while self.running.len() < self.options.max_sequences {
+            let Some(Waiting { submission }) = self.waiting.pop_front() else {
+                break;
+            };
+            let Submission {
+                request,
+                mut sink,
+                cancel,
+            } = submission;
+            let finished = |reason| {
+                SequenceEvent::Finished(Finished {
+                    reason,
+                    prompt_tokens: request.prompt.len(),
+                    completion_tokens: 0,
+                })
+            };
+            if cancel.is_cancelled() {
+                sink.send(finished(FinishReason::Cancelled));
+                continue;
+            }
+            if request.prompt.is_empty() {
+                sink.send(SequenceEvent::Failed("the prompt is empty".into()));
+                continue;
+            }
+            if request.prompt.len() >= context {
+                // No room for a single generated token.
+                sink.send(finished(FinishReason::ContextFull));
+                continue;
+            }
+            if request.max_tokens == 0 {
+                sink.send(finished(FinishReason::Length));
+                continue;
+            }
+            let seq = match self.backend.new_sequence() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    sink.send(SequenceEvent::Failed(e.to_string()));
+                    continue;
+                }
+            };
+            self.running.push(Running {
+                seq,
+                prompt_len: request.prompt.len(),
+                tokens: request.prompt,
+                prefilled: 0,
+                generated: 0,
+                max_tokens: request.max_tokens,
+                stop_tokens: request.stop_tokens,
+                picker: request.picker,
+                sink,
+                cancel,
+                ended: false,
+            });
+        }
+    }
+
+    /// Runs up to `prefill_chunk` prompt tokens, oldest request first; a sequence whose prompt
+    /// is complete picks its first token from the prompt's last logits.
+    fn prefill(&mut self) {
+        let context = self.backend.batch_config().context_length;
+        let mut budget = self.options.prefill_chunk;
+        for r in &mut self.running {
+            if budget == 0 {
+                break;
+            }
+            if r.ended || r.prefilled == r.prompt_len {
+                continue;
+            }
+            let n = (r.prompt_len - r.prefilled).min(budget);
+            let chunk = &r.tokens[r.prefilled..r.prefilled + n];
+            match self.backend.prefill(r.seq, chunk, r.prefilled) {
+                Ok(mut logits) => {
+                    r.prefilled += n;
+                    budget -= n;
+                    if r.prefilled == r.prompt_len {
+                        match logits.last_row_mut() {
+                            Some(row) => r.take_pick(row, context),
+                            None => r.fail("the engine returned no logits".into()),
+                        }
+                    }
+                }
+                Err(e) => r.fail(e.to_string()),
+            }
+        }
+    }
+
+    /// One forward pass for every sequence past its prompt.
+    fn decode(&mut self) {
+        let context = self.backend.batch_config().context_length;
+        let mut rows = Vec::new();
+        let mut steps = Vec::new();
+        for (i, r) in self.running.iter().enumerate() {
+            // A sequence that picked its first token this step joins the same step.
+            if r.decoding()
+                && let Some(&token) = r.tokens.last()
+            {
+                rows.push(i);
+                steps.push(BatchStep {
+                    seq: r.seq,
+                    token,
+                    pos: r.tokens.len() - 1,
+                });
+            }
+        }
+        if steps.is_empty() {
+            return;
+        }
+        match self.backend.decode(&steps) {
+            Ok(mut logits) if logits.rows == steps.len() => {
+                let vocab = logits.vocab;
+                for (row, i) in logits.data.chunks_exact_mut(vocab).zip(rows) {
+                    if let Some(r) = self.running.get_mut(i) {
+                        r.take_pick(row, context);
+                    }
+                }
+            }
+            Ok(logits) => {
+                let message = format!(
+                    "the engine returned {} rows of logits for {} sequences",
+                    logits.rows,
+                    steps.len()
+                );
+                for i in rows {
+                    if let Some(r) = self.running.get_mut(i) {
+                        r.fail(message.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                for i in rows {
+                    if let Some(r) = self.running.get_mut(i) {
+                        r.fail(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ended sequences leave and free their caches.
+    fn leave(&mut self) {
+        let backend = &mut self.backend;
+        self.running.retain(|r| {
+            if r.ended {
+                backend.drop_sequence(r.seq);
+            }
+            !r.ended
+        });
+    }
+}
