@@ -9,6 +9,7 @@ mod demo_model;
 mod fetch_model;
 mod fuzz;
 mod node;
+mod openai_conformance;
 mod setup;
 mod test;
 mod wasm_bindgen;
@@ -31,6 +32,8 @@ commands:
                 run, browser tests in headless Chromium
   test browser  only the browser part: demo model, site, tests/browser (after `cargo test` built
                 selfroute and selfroute-train)
+  test openai   only the OpenAI conformance test: the official openai Python SDK against
+                `selfroute serve`, direct and through --upstream
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server
   bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine
@@ -63,6 +66,7 @@ fn run(args: &[String]) -> Result<()> {
         ["web", rest @ ..] => web::run(&root, rest),
         ["test"] => test::run(&root),
         ["test", "browser"] => test::browser_only(&root),
+        ["test", "openai"] => openai_conformance::only(&root),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
         ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),

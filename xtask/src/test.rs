@@ -71,6 +71,14 @@ pub fn run(root: &Path) -> Result<()> {
         )?;
     }
 
+    // The official OpenAI SDK against `selfroute serve`, with the test-profile binary the
+    // workspace test step built.
+    crate::openai_conformance::run(
+        root,
+        &model,
+        &crate::openai_conformance::test_profile_selfroute(root),
+    )?;
+
     // Before the browser tests, whose site build reuses the wasm dependencies it compiles.
     wasm_kernel_tests(root)?;
 

@@ -102,18 +102,22 @@ fn unreachable_response(e: &reqwest::Error) -> Response {
     }
 }
 
-/// The upstream's status, content type and body, streamed through; nothing else of its headers.
+/// The upstream's status, content type, `retry-after` (so a client backs off from a busy upstream
+/// as long as it asks) and body, streamed through; nothing else of its headers.
 fn relay(response: reqwest::Response) -> Response {
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
+    let kept: Vec<(header::HeaderName, HeaderValue)> = [header::CONTENT_TYPE, header::RETRY_AFTER]
+        .into_iter()
+        .filter_map(|name| {
+            let value = response.headers().get(name.as_str())?;
+            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+        })
+        .collect();
     let body = Body::from_stream(response.bytes_stream().map_err(std::io::Error::other));
     let mut out = (status, body).into_response();
-    if let Some(ct) = content_type {
-        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    for (name, value) in kept {
+        out.headers_mut().insert(name, value);
     }
     out
 }
