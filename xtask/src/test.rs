@@ -59,6 +59,20 @@ pub fn run(root: &Path) -> Result<()> {
             .env("SELFROUTE_REQUIRE_GPU", "1")
             .current_dir(root),
     )?;
+    // Plotting is an opt-in feature the workspace test leaves out.
+    step("selfroute-train plot tests (--features plot)");
+    cargo(
+        root,
+        &[
+            "test",
+            "-p",
+            "selfroute-train",
+            "--features",
+            "plot",
+            "--test",
+            "plot",
+        ],
+    )?;
     for path in ["avx2", "baseline"] {
         step(&format!(
             "kernel and parity tests again on the {path} path (SELFROUTE_KERNEL={path})"
