@@ -1,7 +1,7 @@
 //! The cost-quality curve: accuracy against the share of queries sent to the cloud, one series
 //! per method (selfroute's sweep of the offload bias, a prompt router's threshold, random
-//! offloading, ...), and RouteLLM's summary numbers for it (arXiv:2406.18665, section 5.1, and
-//! `routellm/evals/evaluate.py` in lm-sys/RouteLLM):
+//! offloading, ...), and RouteLLM's summary numbers for it (arXiv:2406.18665, its metrics
+//! section, and `routellm/evals/evaluate.py` in lm-sys/RouteLLM):
 //!
 //! - PGR(c) = (accuracy(c) - local) / (cloud - local): the performance gap recovered at cloud-call
 //!   share c, where `local` is the all-local model's accuracy and `cloud` the cloud-only one.
