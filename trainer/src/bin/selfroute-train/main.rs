@@ -1,11 +1,13 @@
 //! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
 
 mod device;
+mod eval;
 mod export;
 mod model_file;
 mod output;
 mod prepare;
 mod progress;
+mod router;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Write a trained checkpoint as a GGUF file the inference engine and the browser load.
     Export(export::ExportArgs),
+    /// Evaluate a GGUF on held-out problems under a cloud budget (greedy, through the engine).
+    Eval(eval::EvalArgs),
+    /// Fit a prompt router: a probe on the model's answer-position state predicting wrong answers.
+    Router(router::RouterArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +42,8 @@ fn main() -> std::process::ExitCode {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Router(args) => router::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -8,8 +8,10 @@ use clap::Args;
 use selfroute_core::{ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
 use selfroute_train::export::{AddedToken, ExportType, gguf_bytes, write_atomically};
 use selfroute_train::model::TrainableModel;
-use selfroute_train::prepare::add_offload_token;
+use selfroute_train::prepare::{add_offload_token, add_routed_offload_token};
 use selfroute_train::rollout::{RolloutConfig, rollout_group};
+use selfroute_train::router::fold::answer_states;
+use selfroute_train::router::{ProbeRouter, sha256_hex};
 use selfroute_train::tasks::{Split, parse_task};
 use selfroute_train::train::prompt_ids;
 
@@ -41,12 +43,32 @@ pub struct PrepareArgs {
     format: String,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A probe from `selfroute-train router` fitted on this --model: the token's row is fitted so
+    /// greedy decoding offloads, at the first answer token, the prompts the probe sends out
+    /// (instead of the same --target-rate everywhere). Use more --prompts (e.g. 256).
+    #[arg(long, value_name = "PATH")]
+    router: Option<PathBuf>,
+    /// With --router: the offload logit's margin (logits) at the median probe margin.
+    #[arg(long, default_value_t = 4.0)]
+    margin: f64,
 }
 
 pub fn run(args: PrepareArgs) -> Result<()> {
     let format = ExportType::parse(&args.format)?;
     prepare_output_file(&args.out)?;
     let (package, source) = read_gguf(&args.model)?;
+    let probe = match &args.router {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let probe = ProbeRouter::from_json(&path.display().to_string(), &text)?;
+            let bytes = std::fs::read(&args.model)
+                .with_context(|| format!("reading {}", args.model.display()))?;
+            probe.check_model(package.config.hidden_size, &sha256_hex(&bytes))?;
+            Some(probe)
+        }
+        None => None,
+    };
     let template = package
         .chat_template
         .as_ref()
@@ -68,13 +90,44 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         prompts.len(),
         task.name()
     );
+    if let Some(probe) = &probe {
+        let started = std::time::Instant::now();
+        let (id, report) =
+            add_routed_offload_token(&mut model, &package.tokenizer, &prompts, probe, args.margin)?;
+        let bytes = gguf_bytes(&model, &source, &added_token(), format)?;
+        write_atomically(&args.out, &bytes)?;
+        let fitted_s = started.elapsed().as_secs_f64();
+        // Measured on the file as written (quantized): the greedy first answer token.
+        let prepared = ModelPackage::from_gguf(args.out.display().to_string(), bytes)?;
+        let prepared_model = TrainableModel::from_weights(
+            &prepared.config,
+            prepared.weights.as_ref(),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let states = answer_states(&prepared_model, &prompts, id)?;
+        let offloads = states.iter().filter(|s| s.offloads()).count();
+        let agree = states
+            .iter()
+            .filter(|s| s.offloads() == probe.predicts_wrong(&s.hidden))
+            .count();
+        println!(
+            "{OFFLOAD_TOKEN} is token {id}; folded the probe in {fitted_s:.1} s: it sends {:.1}% of \
+             the {} prompts out, the fitted row {:.1}% (agreement {:.1}%); in the written file \
+             greedy decoding offloads {:.1}% at the first token and agrees with the probe on {:.1}%",
+            100.0 * report.probe_share,
+            report.prompts,
+            100.0 * report.offload_share,
+            100.0 * report.agreement,
+            100.0 * offloads as f64 / states.len() as f64,
+            100.0 * agree as f64 / states.len() as f64,
+        );
+        eprintln!("wrote {}", args.out.display());
+        return Ok(());
+    }
     let (id, report) =
         add_offload_token(&mut model, &package.tokenizer, &prompts, args.target_rate)?;
-    let added = [AddedToken {
-        text: OFFLOAD_TOKEN.to_string(),
-        token_type: 3,
-    }];
-    let bytes = gguf_bytes(&model, &source, &added, format)?;
+    let bytes = gguf_bytes(&model, &source, &added_token(), format)?;
     write_atomically(&args.out, &bytes)?;
     // Measure on the file as written: what `train` will start from.
     let prepared = ModelPackage::from_gguf(args.out.display().to_string(), bytes)?;
@@ -113,4 +166,11 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     );
     eprintln!("wrote {}", args.out.display());
     Ok(())
+}
+
+fn added_token() -> [AddedToken; 1] {
+    [AddedToken {
+        text: OFFLOAD_TOKEN.to_string(),
+        token_type: 3,
+    }]
 }

@@ -1,0 +1,189 @@
+//! The probe router folded into the model: the `<|offload|>` output-head row `r` is fitted so that
+//! under greedy decoding the model emits the token as its first answer token exactly on the
+//! prompts the probe sends to the cloud.
+//!
+//! Greedy decoding offloads at the first answer token when `r . h > m(h)`, with `h` the final
+//! hidden state at the answer position and `m(h)` the largest other logit. Both `h` and `m(h)` are
+//! independent of `r` (the token never occurs in a prompt), so the fit needs one forward pass per
+//! prompt and no backward pass. The probe's decision is `w . h + b > t`. `r` is fitted by ridge
+//! regression so that `r . h_i ~ m_i + kappa (w . h_i + b - t)`: the offload margin follows the
+//! probe's margin, scaled to `margin` logits. The head has no bias, so a final shift along the mean
+//! hidden state (which every `h_i` has a positive component on) sets the offload share to the
+//! probe's share exactly on the fitting prompts.
+
+use candle_core::{DType, Tensor};
+
+use super::linalg::{dot, solve_spd};
+use super::probe::ProbeRouter;
+use crate::error::{Result, TrainError};
+use crate::model::TrainableModel;
+
+/// The answer position of one prompt, as the fit sees it.
+#[derive(Debug, Clone)]
+pub struct AnswerState {
+    pub hidden: Vec<f64>,
+    /// The largest logit of any token but `<|offload|>`.
+    pub max_other: f64,
+    /// The logit of `<|offload|>` with the model's current row.
+    pub offload: f64,
+}
+
+impl AnswerState {
+    /// Whether greedy decoding emits `<|offload|>` as the first answer token.
+    pub fn offloads(&self) -> bool {
+        self.offload > self.max_other
+    }
+}
+
+/// Hidden states and largest other logits at the answer position of `prompts`.
+pub fn answer_states(
+    model: &TrainableModel,
+    prompts: &[Vec<u32>],
+    offload_id: u32,
+) -> Result<Vec<AnswerState>> {
+    let head = model.head().as_tensor().to_dtype(DType::F64)?;
+    let states = model.answer_states(prompts)?;
+    states
+        .into_iter()
+        .map(|hidden| {
+            let h = Tensor::new(hidden.as_slice(), model.device())?.unsqueeze(1)?;
+            let logits = head.matmul(&h)?.squeeze(1)?.to_vec1::<f64>()?;
+            let max_other = logits
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != offload_id as usize)
+                .map(|(_, l)| *l)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let offload = logits
+                .get(offload_id as usize)
+                .copied()
+                .unwrap_or(f64::NEG_INFINITY);
+            Ok(AnswerState {
+                hidden,
+                max_other,
+                offload,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldReport {
+    pub prompts: usize,
+    /// Share of the fitting prompts the probe sends out, and the folded model's share.
+    pub probe_share: f64,
+    pub offload_share: f64,
+    /// Share of fitting prompts where the folded model and the probe decide alike.
+    pub agreement: f64,
+}
+
+/// The fitted row for `states` (see the module comment). `margin`: the offload-logit margin, in
+/// logits, of a prompt whose probe margin is the median one.
+pub fn fit_offload_row(
+    states: &[AnswerState],
+    probe: &ProbeRouter,
+    margin: f64,
+) -> Result<(Vec<f64>, FoldReport)> {
+    let n = states.len();
+    let d = probe.hidden_size;
+    if n == 0 || states.iter().any(|s| s.hidden.len() != d) {
+        return Err(TrainError::InvalidSettings(format!(
+            "folding the router needs prompts with hidden states of size {d}"
+        )));
+    }
+    let probe_margin: Vec<f64> = states
+        .iter()
+        .map(|s| probe.score(&s.hidden) - probe.threshold)
+        .collect();
+    let wants: Vec<bool> = probe_margin.iter().map(|m| *m > 0.0).collect();
+    let mut abs: Vec<f64> = probe_margin.iter().map(|m| m.abs()).collect();
+    abs.sort_by(f64::total_cmp);
+    let median = abs[n / 2].max(1e-12);
+    let kappa = margin / median;
+    let target: Vec<f64> = states
+        .iter()
+        .zip(&probe_margin)
+        .map(|(s, m)| s.max_other + kappa * m)
+        .collect();
+
+    // Ridge: (H^T H + mu I) r = H^T target, mu a small fraction of the mean diagonal so the system
+    // is well posed when there are fewer prompts than dimensions.
+    let mut gram = vec![0.0; d * d];
+    let mut rhs = vec![0.0; d];
+    for (s, t) in states.iter().zip(&target) {
+        let h = &s.hidden;
+        for i in 0..d {
+            rhs[i] += h[i] * t;
+            for j in 0..=i {
+                gram[i * d + j] += h[i] * h[j];
+            }
+        }
+    }
+    let trace: f64 = (0..d).map(|i| gram[i * d + i]).sum();
+    let mu = 1e-4 * trace / d as f64 + 1e-12;
+    for i in 0..d {
+        gram[i * d + i] += mu;
+        for j in 0..i {
+            gram[j * d + i] = gram[i * d + j];
+        }
+    }
+    let mut row = solve_spd(&mut gram, &rhs)?;
+
+    // The shift: along u (the mean hidden state), s_i(alpha) = r.h_i + alpha u.h_i - m_i. When every
+    // u.h_i > 0, prompt i offloads exactly when alpha > c_i = (m_i - r.h_i) / u.h_i, so placing
+    // alpha between the k-th and (k+1)-th smallest c_i offloads exactly k prompts.
+    let mut u = vec![0.0; d];
+    for s in states {
+        for (a, b) in u.iter_mut().zip(&s.hidden) {
+            *a += b / n as f64;
+        }
+    }
+    let k = wants.iter().filter(|&&w| w).count();
+    let along: Vec<f64> = states.iter().map(|s| dot(&u, &s.hidden)).collect();
+    if along.iter().all(|a| *a > 0.0) {
+        let mut crossings: Vec<f64> = states
+            .iter()
+            .zip(&along)
+            .map(|(s, a)| (s.max_other - dot(&row, &s.hidden)) / a)
+            .collect();
+        crossings.sort_by(f64::total_cmp);
+        let alpha = match k {
+            0 => crossings[0] - 1.0,
+            k if k == n => crossings[n - 1] + 1.0,
+            k => 0.5 * (crossings[k - 1] + crossings[k]),
+        };
+        for (r, a) in row.iter_mut().zip(&u) {
+            *r += alpha * a;
+        }
+    }
+
+    let offloads: Vec<bool> = states
+        .iter()
+        .map(|s| dot(&row, &s.hidden) > s.max_other)
+        .collect();
+    let agree = offloads.iter().zip(&wants).filter(|(a, b)| a == b).count();
+    let report = FoldReport {
+        prompts: n,
+        probe_share: k as f64 / n as f64,
+        offload_share: offloads.iter().filter(|&&o| o).count() as f64 / n as f64,
+        agreement: agree as f64 / n as f64,
+    };
+    Ok((row, report))
+}
+
+/// Fits the offload row of `model` (which already has the token, at `offload_id`) to `probe` on
+/// `prompts` and writes it into the head (with a tied head, also the token's embedding row, which
+/// no prompt reads).
+pub fn fold_router(
+    model: &TrainableModel,
+    prompts: &[Vec<u32>],
+    offload_id: u32,
+    probe: &ProbeRouter,
+    margin: f64,
+) -> Result<FoldReport> {
+    let states = answer_states(model, prompts, offload_id)?;
+    let (row, report) = fit_offload_row(&states, probe, margin)?;
+    let tensor = Tensor::from_vec(row, probe.hidden_size, model.device())?;
+    model.set_head_row(offload_id, &tensor)?;
+    Ok(report)
+}

@@ -1,0 +1,313 @@
+//! `eval`'s instruments on the tiny model: the table adds up, every problem has a line, the cap
+//! is a hard cap over the run with over-budget problems answered locally, and cloud only scores
+//! what the simulated cloud does.
+
+mod support;
+
+use selfroute_core::{ModelPackage, NoCloud};
+use selfroute_engine::{BackendChoice, Engine, EngineOptions, load_engine};
+use selfroute_train::cloud::{CloudOracle, SimulatedCloud};
+use selfroute_train::eval::cloud::{EvalCloud, SimulatedCloudClient};
+use selfroute_train::eval::report::{RunLabels, Summary, markdown, summarize};
+use selfroute_train::eval::{
+    EvalConfig, EvalRoute, Policy, ProblemRecord, evaluate, random_decisions,
+};
+use selfroute_train::tasks::{Problem, Split, parse_task};
+
+const TASK: &str = "arith:1-2";
+
+fn engine(package: &ModelPackage) -> Engine {
+    let (engine, _) = pollster::block_on(load_engine(
+        &package.config,
+        support::tiny_with_offload(256).weights,
+        &EngineOptions {
+            choice: BackendChoice::Cpu,
+            ..EngineOptions::default()
+        },
+    ))
+    .expect("cpu engine");
+    engine
+}
+
+fn config(budget: f64) -> EvalConfig {
+    let mut config = EvalConfig {
+        budget,
+        ..EvalConfig::default()
+    };
+    // The tiny model's answers are noise; a few tokens show the path without the wait.
+    config.generation.max_new_tokens = 4;
+    config
+}
+
+fn cloud(accuracy: f64, seed: u64, problems: &[Problem]) -> EvalCloud {
+    EvalCloud::Simulated(Box::new(
+        SimulatedCloudClient::new(accuracy, seed, parse_task(TASK).unwrap(), problems).unwrap(),
+    ))
+}
+
+fn run(problems: &[Problem], policy: &Policy, budget: f64, cloud_acc: f64) -> Vec<ProblemRecord> {
+    let cloud = (*policy != Policy::Local).then(|| cloud(cloud_acc, 7, problems));
+    run_with(problems, policy, budget, cloud)
+}
+
+fn run_with(
+    problems: &[Problem],
+    policy: &Policy,
+    budget: f64,
+    cloud: Option<EvalCloud>,
+) -> Vec<ProblemRecord> {
+    let package = support::tiny_with_offload(256);
+    let task = parse_task(TASK).unwrap();
+    let engine = engine(&package);
+    let mut seen = 0;
+    let records = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(evaluate(
+            engine,
+            package.tokenizer,
+            package.chat_template.expect("template"),
+            cloud,
+            task.as_ref(),
+            problems,
+            policy,
+            &config(budget),
+            |_| seen += 1,
+        ))
+        .expect("evaluate");
+    assert_eq!(seen, problems.len(), "progress sees every problem");
+    records
+}
+
+fn summary(records: &[ProblemRecord], budget: f64) -> Summary {
+    summarize(
+        records,
+        &RunLabels {
+            method: "test",
+            model: "tiny",
+            task: TASK,
+            cloud: "simulated",
+            budget,
+            max_cloud_calls: (budget * records.len() as f64 + 1e-9).floor() as usize,
+        },
+    )
+}
+
+fn problems(n: usize) -> Vec<Problem> {
+    parse_task(TASK)
+        .unwrap()
+        .problems(Split::Test, n, 3)
+        .unwrap()
+}
+
+/// Every problem has one line, in order, and the summary's fields are consistent with the lines.
+fn assert_adds_up(records: &[ProblemRecord], problems: &[Problem], s: &Summary) {
+    assert_eq!(records.len(), problems.len());
+    for (i, (r, p)) in records.iter().zip(problems).enumerate() {
+        assert_eq!((r.index, r.id), (i, p.id), "one line per problem, in order");
+    }
+    let n = records.len() as f64;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(s.accuracy, s.local_accuracy + s.cloud_accuracy_share));
+    assert!(close(
+        s.accuracy * n,
+        records.iter().filter(|r| r.correct).count() as f64
+    ));
+    assert!(close(
+        s.conditional_local_accuracy * s.kept_local.max(1) as f64,
+        s.correct_local as f64
+    ));
+    assert!(close(s.cloud_call_ratio * n, s.cloud_calls as f64));
+    assert_eq!(
+        s.kept_local
+            + records
+                .iter()
+                .filter(|r| r.route == EvalRoute::Cloud)
+                .count(),
+        records.len()
+    );
+    assert_eq!(
+        s.by_difficulty.iter().map(|l| l.n).sum::<usize>(),
+        records.len()
+    );
+    let table = markdown(s);
+    assert!(table.contains(&format!("| {} |", s.n)), "{table}");
+}
+
+#[test]
+fn the_cap_is_exact_over_the_run_and_over_budget_problems_stay_local() {
+    // A huge bias: the model asks for the cloud on every problem it may. With 30 problems and a
+    // 30% budget the run may spend exactly 9 calls; a 20-request sliding window would allow 12.
+    let problems = problems(30);
+    let records = run(
+        &problems,
+        &Policy::Token {
+            offload_bias: 1000.0,
+        },
+        0.3,
+        0.9,
+    );
+    let s = summary(&records, 0.3);
+    assert_adds_up(&records, &problems, &s);
+    assert_eq!(s.cloud_calls, 9, "{s:#?}");
+    for r in &records {
+        if r.index < 9 {
+            assert_eq!(r.route, EvalRoute::Cloud, "problem {}", r.index);
+        } else {
+            // Answered locally, offload masked: the model generated an answer of its own.
+            assert_eq!(r.route, EvalRoute::Local, "problem {}", r.index);
+            assert!(r.over_budget, "problem {}", r.index);
+            assert!(r.local_tokens > 0, "problem {}", r.index);
+            assert_eq!(r.answer, r.local_text);
+        }
+    }
+    assert_eq!(s.over_budget, 21);
+}
+
+#[test]
+fn routers_decided_outside_the_model_stay_within_the_cap() {
+    let problems = problems(30);
+    // Random at 50% wants 15 problems out; the 30% cap lets 9 go, in problem order.
+    let wants = random_decisions(30, 0.5, 11).unwrap();
+    assert_eq!(wants.iter().filter(|&&w| w).count(), 15);
+    let records = run(&problems, &Policy::Decided(wants.clone()), 0.3, 0.9);
+    let s = summary(&records, 0.3);
+    assert_adds_up(&records, &problems, &s);
+    assert_eq!(s.cloud_calls, 9);
+    assert_eq!(s.over_budget, 6);
+    let mut sent = 0;
+    for (r, want) in records.iter().zip(&wants) {
+        let cloud = r.route == EvalRoute::Cloud;
+        assert!(!cloud || *want, "only wanted problems go out");
+        sent += usize::from(cloud);
+        if *want && !cloud {
+            assert!(sent == 9 && r.over_budget && r.local_tokens > 0);
+        }
+    }
+    // The same seed picks the same problems.
+    assert_eq!(random_decisions(30, 0.5, 11).unwrap(), wants);
+
+    let local = run(&problems, &Policy::Local, 0.3, 0.9);
+    let s = summary(&local, 0.3);
+    assert_adds_up(&local, &problems, &s);
+    assert_eq!((s.cloud_calls, s.kept_local), (0, 30));
+    assert!(
+        local
+            .iter()
+            .all(|r| r.route == EvalRoute::Local && !r.over_budget)
+    );
+}
+
+#[test]
+fn a_failed_cloud_call_is_answered_locally_and_still_counts_as_a_call() {
+    let problems = problems(10);
+    // A simulated cloud that knows none of the problems fails every call.
+    let broken = cloud(0.9, 7, &[]);
+    let wants = vec![true; 10];
+    let records = run_with(&problems, &Policy::Decided(wants), 0.3, Some(broken));
+    let s = summary(&records, 0.3);
+    assert_adds_up(&records, &problems, &s);
+    assert_eq!((s.cloud_calls, s.fallbacks, s.kept_local), (3, 3, 10));
+    for r in &records[..3] {
+        assert_eq!(r.route, EvalRoute::Fallback);
+        assert!(r.local_tokens > 0 && r.cloud_tokens == 0);
+    }
+}
+
+#[test]
+fn cloud_only_scores_what_the_simulated_cloud_does() {
+    let problems = problems(300);
+    let records = run(&problems, &Policy::Cloud, 1.0, 0.7);
+    let s = summary(&records, 1.0);
+    assert_adds_up(&records, &problems, &s);
+    assert_eq!(s.cloud_calls, 300);
+    // 3 sigma of a binomial(300, 0.7) share is 0.079.
+    assert!((s.accuracy - 0.7).abs() < 0.08, "accuracy {}", s.accuracy);
+    // And problem by problem, the verdicts training's simulated cloud gives with the same seed.
+    let task = parse_task(TASK).unwrap();
+    let mut oracle = SimulatedCloud::new(0.7, 7).unwrap();
+    for (r, p) in records.iter().zip(&problems) {
+        assert_eq!(r.correct, oracle.is_correct(task.as_ref(), p).unwrap());
+    }
+}
+
+#[test]
+fn a_route_that_needs_a_cloud_refuses_to_run_without_one() {
+    let package = support::tiny_with_offload(256);
+    let task = parse_task(TASK).unwrap();
+    let problems = problems(2);
+    let result = pollster::block_on(evaluate(
+        engine(&package),
+        package.tokenizer,
+        package.chat_template.expect("template"),
+        None::<NoCloud>,
+        task.as_ref(),
+        &problems,
+        &Policy::Cloud,
+        &config(0.3),
+        |_| {},
+    ));
+    assert!(result.is_err());
+}
+
+#[test]
+fn the_summary_of_known_lines() {
+    // 10 problems: 4 local (3 right), 4 cloud (2 right), 2 fallbacks (1 right), 1 over budget.
+    let routes = [
+        (EvalRoute::Local, true),
+        (EvalRoute::Local, true),
+        (EvalRoute::Local, true),
+        (EvalRoute::Local, false),
+        (EvalRoute::Cloud, true),
+        (EvalRoute::Cloud, true),
+        (EvalRoute::Cloud, false),
+        (EvalRoute::Cloud, false),
+        (EvalRoute::Fallback, true),
+        (EvalRoute::Fallback, false),
+    ];
+    let records: Vec<ProblemRecord> = routes
+        .iter()
+        .enumerate()
+        .map(|(index, &(route, correct))| ProblemRecord {
+            index,
+            id: index as u64,
+            difficulty: 1 + (index % 2) as u32,
+            question: String::new(),
+            reference: String::new(),
+            route,
+            over_budget: index == 3,
+            local_text: String::new(),
+            answer: String::new(),
+            correct,
+            local_tokens: if route == EvalRoute::Cloud { 0 } else { 10 },
+            cloud_tokens: if route == EvalRoute::Cloud { 20 } else { 0 },
+            latency_ms: 100.0,
+            first_token_ms: Some(50.0),
+        })
+        .collect();
+    let s = summary(&records, 0.6);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(s.accuracy, 0.6), "{s:#?}");
+    assert!(close(s.local_accuracy, 0.4));
+    assert!(close(s.cloud_accuracy_share, 0.2));
+    assert!(close(s.conditional_local_accuracy, 4.0 / 6.0));
+    assert!(close(s.cloud_call_ratio, 0.6));
+    assert_eq!(
+        (s.kept_local, s.cloud_calls, s.fallbacks, s.over_budget),
+        (6, 6, 2, 1)
+    );
+    assert!(close(s.mean_local_tokens, 6.0) && close(s.mean_cloud_tokens, 8.0));
+    assert!(close(s.mean_latency_ms, 100.0) && close(s.mean_first_token_ms, 50.0));
+    assert_eq!(s.max_cloud_calls, 6);
+    let levels: Vec<(u32, usize)> = s
+        .by_difficulty
+        .iter()
+        .map(|l| (l.difficulty, l.n))
+        .collect();
+    assert_eq!(levels, [(1, 5), (2, 5)]);
+    let table = markdown(&s);
+    assert!(
+        table.contains("| test | 10 | 60.0 | 40.0 | 66.7 | 60.0 |"),
+        "{table}"
+    );
+}
