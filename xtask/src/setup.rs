@@ -106,6 +106,16 @@ pub fn ensure_lavapipe() -> Result<()> {
     )
 }
 
+/// A TrueType font for `selfroute-train plot`'s text (DejaVu Sans, Debian's `fonts-dejavu-core`),
+/// installed with apt when missing: plotters draws text with a font read at run time.
+pub fn ensure_plot_font() -> Result<()> {
+    let font = Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+    if font.exists() || std::env::consts::OS != "linux" {
+        return Ok(());
+    }
+    apt_install(&["fonts-dejavu-core"], "a font for the plot tests")
+}
+
 /// Debian's `chromium-driver`: wasm-bindgen-test-runner drives headless Chromium through it for
 /// the wasm32 kernel tests. Installed with apt when missing; returns its path.
 pub fn ensure_chromedriver() -> Result<PathBuf> {

@@ -61,6 +61,7 @@ pub fn run(root: &Path) -> Result<()> {
     )?;
     // Plotting is an opt-in feature the workspace test leaves out.
     step("selfroute-train plot tests (--features plot)");
+    setup::ensure_plot_font()?;
     cargo(
         root,
         &[
