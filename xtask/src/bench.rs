@@ -1,6 +1,7 @@
 //! `cargo xtask bench cpu`: selfroute's candle engine and llama.cpp, same GGUF, same prompt ids,
 //! same thread counts, in one run; prints both and the ratio. `cargo xtask bench serve`: the
-//! same for the OpenAI-compatible servers under concurrent streaming load. llama.cpp is built from PyPI
+//! same for the OpenAI-compatible servers under 1, 8 and 16 concurrent streaming clients
+//! (`--selfroute-only` for ours alone). llama.cpp is built from PyPI
 //! (`llama-cpp-python`) into a venv on first use, 15-20 minutes on 2 cores: the bench's cost.
 
 use std::io::{BufRead, BufReader};
@@ -102,20 +103,29 @@ fn field(v: &Value, key: &str) -> Result<f64> {
         .with_context(|| format!("no `{key}` in {v}"))
 }
 
-const LOAD_CLIENTS: usize = 8;
+/// 8 is the headline figure (the goal for batching: at least twice today's throughput); 1 shows
+/// the single-client speed, which batching must not cost, and 16 the scaling past it.
+const LOAD_CLIENTS: [usize; 3] = [1, 8, 16];
 const LOAD_SECONDS: u32 = 20;
 const LOAD_MAX_TOKENS: u32 = 64;
 const LLAMA_CPP_SERVER: &str = "llama-cpp-python[server]==0.3.36";
 
-/// `cargo xtask bench serve`: concurrent streaming clients against `selfroute serve --model` and
-/// against llama.cpp's OpenAI server (llama-cpp-python) on the same GGUF and threads, one after
-/// the other in the same run. Fails if selfroute lost a request.
+/// `cargo xtask bench serve`: concurrent streaming clients (1, 8 and 16) against
+/// `selfroute serve --model` and against llama.cpp's OpenAI server (llama-cpp-python) on the
+/// same GGUF and threads, one after the other in the same run. Fails if selfroute lost a
+/// request. `--selfroute-only` skips llama.cpp (whose first build takes 15-20 minutes).
 pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
-    if !args.is_empty() {
-        bail!("`bench serve` takes no arguments, got {args:?}");
-    }
+    let with_peer = match args {
+        [] => true,
+        ["--selfroute-only"] => false,
+        _ => bail!("`bench serve` takes only --selfroute-only, got {args:?}"),
+    };
     let model = fetch_default_model(root)?;
-    let python = llama_cpp_python(root)?;
+    let python = if with_peer {
+        Some(llama_cpp_python(root)?)
+    } else {
+        None
+    };
     step("building selfroute and the load generator (release)");
     cargo(
         root,
@@ -131,13 +141,13 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
         ],
     )?;
     let load = root.join("target/release/examples/serve_load");
-    let run_load = |base: &str| -> Result<Value> {
+    let run_load = |base: &str, clients: usize| -> Result<Value> {
         step(&format!(
-            "{LOAD_CLIENTS} streaming clients for {LOAD_SECONDS} s against {base} (max_tokens {LOAD_MAX_TOKENS}, greedy)"
+            "{clients} streaming client(s) for {LOAD_SECONDS} s against {base} (max_tokens {LOAD_MAX_TOKENS}, greedy)"
         ));
         json_line(Command::new(&load).args([
             base.to_string(),
-            LOAD_CLIENTS.to_string(),
+            clients.to_string(),
             LOAD_SECONDS.to_string(),
             LOAD_MAX_TOKENS.to_string(),
         ]))
@@ -162,64 +172,96 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
             .strip_prefix("listening on ")
             .with_context(|| format!("selfroute serve printed `{line}`"))?
             .to_string();
-        run_load(&base)?
+        LOAD_CLIENTS
+            .iter()
+            .map(|&clients| run_load(&base, clients))
+            .collect::<Result<Vec<_>>>()?
     };
 
-    step("starting llama.cpp's server (llama-cpp-python, 2 threads)");
-    let peer = {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let _server = Child(
-            Command::new(&python)
-                .args(["-m", "llama_cpp.server", "--model"])
-                .arg(&model)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--n_threads",
-                    "2",
-                    "--n_threads_batch",
-                    "2",
-                    "--n_ctx",
-                    "2048",
-                ])
-                // By default a new request interrupts the one streaming: that would lose requests.
-                .args(["--interrupt_requests", "False"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting llama_cpp.server")?,
-        );
-        wait_for_port(port, Duration::from_secs(120))?;
-        run_load(&format!("http://127.0.0.1:{port}"))?
+    let peer = match &python {
+        Some(python) => {
+            step("starting llama.cpp's server (llama-cpp-python, 2 threads)");
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let _server = Child(
+                Command::new(python)
+                    .args(["-m", "llama_cpp.server", "--model"])
+                    .arg(&model)
+                    .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                    .args([
+                        "--n_threads",
+                        "2",
+                        "--n_threads_batch",
+                        "2",
+                        "--n_ctx",
+                        "2048",
+                    ])
+                    // By default a new request interrupts the one streaming: that would lose
+                    // requests.
+                    .args(["--interrupt_requests", "False"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting llama_cpp.server")?,
+            );
+            wait_for_port(port, Duration::from_secs(120))?;
+            let base = format!("http://127.0.0.1:{port}");
+            Some(
+                LOAD_CLIENTS
+                    .iter()
+                    .map(|&clients| run_load(&base, clients))
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        }
+        None => None,
     };
 
-    println!(
-        "\n`selfroute serve` vs llama.cpp server: SmolLM2-135M-Instruct Q4_1, 2 threads, {LOAD_CLIENTS} concurrent streaming clients, {LOAD_SECONDS} s, max_tokens {LOAD_MAX_TOKENS}"
-    );
-    println!("| figure                 | selfroute | llama.cpp | ratio |");
-    println!("|------------------------|-----------|-----------|-------|");
-    for (key, label, higher_is_better) in [
-        ("tok_s", "throughput (tok/s)", true),
-        ("req_s", "requests/s", true),
-        ("ttft_p50_ms", "TTFT p50 (ms)", false),
-        ("ttft_p99_ms", "TTFT p99 (ms)", false),
-        ("latency_p50_ms", "latency p50 (ms)", false),
-    ] {
-        let (a, b) = (field(&ours, key)?, field(&peer, key)?);
-        // Ratios are "times better": for times, theirs over ours.
-        let ratio = if higher_is_better { a / b } else { b / a };
-        println!("| {label:<22} | {a:>9.1} | {b:>9.1} | {ratio:>4.2}x |");
-    }
-    for (name, v) in [("selfroute", &ours), ("llama.cpp", &peer)] {
+    for (i, clients) in LOAD_CLIENTS.iter().enumerate() {
+        let ours = &ours[i];
+        let peer = peer.as_ref().and_then(|p| p.get(i));
         println!(
-            "{name}: {} requests completed, {} lost",
-            field(v, "completed")?,
-            field(v, "lost")?
+            "\n`selfroute serve`{}: SmolLM2-135M-Instruct Q4_1, 2 threads, {clients} concurrent streaming client(s), {LOAD_SECONDS} s, max_tokens {LOAD_MAX_TOKENS}",
+            if peer.is_some() {
+                " vs llama.cpp server"
+            } else {
+                ""
+            }
         );
+        println!("| figure                 | selfroute | llama.cpp | ratio |");
+        println!("|------------------------|-----------|-----------|-------|");
+        for (key, label, higher_is_better) in [
+            ("tok_s", "throughput (tok/s)", true),
+            ("req_s", "requests/s", true),
+            ("ttft_p50_ms", "TTFT p50 (ms)", false),
+            ("ttft_p99_ms", "TTFT p99 (ms)", false),
+            ("latency_p50_ms", "latency p50 (ms)", false),
+        ] {
+            let a = field(ours, key)?;
+            match peer {
+                Some(peer) => {
+                    let b = field(peer, key)?;
+                    // Ratios are "times better": for times, theirs over ours.
+                    let ratio = if higher_is_better { a / b } else { b / a };
+                    println!("| {label:<22} | {a:>9.1} | {b:>9.1} | {ratio:>4.2}x |");
+                }
+                None => println!("| {label:<22} | {a:>9.1} |         - |     - |"),
+            }
+        }
+        for (name, v) in [("selfroute", Some(ours)), ("llama.cpp", peer)] {
+            if let Some(v) = v {
+                println!(
+                    "{name}: {} requests completed, {} lost",
+                    field(v, "completed")?,
+                    field(v, "lost")?
+                );
+            }
+        }
     }
-    if field(&ours, "lost")? > 0.0 || field(&ours, "completed")? < 1.0 {
-        bail!("selfroute serve lost requests: {ours}");
+    for v in &ours {
+        if field(v, "lost")? > 0.0 || field(v, "completed")? < 1.0 {
+            bail!("selfroute serve lost requests: {v}");
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's own commands. Each installs what it needs and says what it does.
 
 mod bench;
+mod bench_batch;
 mod bench_gpu;
 mod bench_web;
 mod browser_tests;
@@ -35,7 +36,11 @@ commands:
   test openai   only the OpenAI conformance test: the official openai Python SDK against
                 `selfroute serve`, direct and through --upstream
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
-  bench serve   `selfroute serve` under concurrent streaming clients beside llama.cpp's server
+  bench serve   `selfroute serve` under 1, 8 and 16 concurrent streaming clients beside llama.cpp's
+                server (throughput, TTFT p50/p99)
+                  --selfroute-only  skip llama.cpp (its first build takes 15-20 minutes)
+  bench batch   the engine's batched decode (B = 1, 4, 8, 16 sequences per forward pass) beside
+                the same sequences decoded one at a time
   bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine
   bench web     the browser engine beside wllama in headless Chromium: CPU on one thread, WebGPU,
                 page load to ready (cold and cached), download sizes; JSON in target/bench-web.json
@@ -69,6 +74,7 @@ fn run(args: &[String]) -> Result<()> {
         ["test", "openai"] => openai_conformance::only(&root),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
+        ["bench", "batch", rest @ ..] => bench_batch::run(&root, rest),
         ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),
         ["bench", "web", rest @ ..] => bench_web::run(&root, rest),
         ["help" | "--help" | "-h"] | [] => {

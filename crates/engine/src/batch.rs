@@ -324,10 +324,6 @@ impl<B: BatchBackend> Scheduler<B> {
                     completion_tokens: 0,
                 })
             };
-            if cancel.is_cancelled() {
-                sink.send(finished(FinishReason::Cancelled));
-                continue;
-            }
             if request.prompt.is_empty() {
                 sink.send(SequenceEvent::Failed("the prompt is empty".into()));
                 continue;

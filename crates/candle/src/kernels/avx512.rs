@@ -135,7 +135,7 @@ unsafe fn dot4(
 
 /// Several activation rows (one per sequence of a batched decode step) through the same weight
 /// rows: out[v * stride + at + i] = W[first_row + i] . xs[v] for i < n. Each weight block is
-/// turned into floats once and used for up to four activation rows; per (row, activation) the
+/// turned into floats once and used for up to eight activation rows; per (row, activation) the
 /// arithmetic is exactly `matvec_rows`'s, so the results are equal bit for bit.
 ///
 /// # Safety
@@ -163,16 +163,23 @@ pub unsafe fn matvec_multi(
     );
     let mut v = 0;
     while v < batch {
-        let take = (batch - v).min(4);
+        // Up to eight activation rows per weight row: the block's dequantization (a table FMA,
+        // two permutes, a conversion) then costs less than the two FMAs each row needs.
+        let take = (batch - v).min(8);
         for i in 0..n {
             let row = w.row(first_row + i);
             let x = &xs[v * cols..];
-            let sums: [f32; 4] = unsafe {
+            let f = w.format();
+            let sums: [f32; 8] = unsafe {
                 match take {
-                    4 => dot1xv::<4>(w.format(), row, x, cols, nb),
-                    3 => pad(dot1xv::<3>(w.format(), row, x, cols, nb)),
-                    2 => pad(dot1xv::<2>(w.format(), row, x, cols, nb)),
-                    _ => pad(dot1xv::<1>(w.format(), row, x, cols, nb)),
+                    8 => dot1xv::<8>(f, row, x, cols, nb),
+                    7 => pad(dot1xv::<7>(f, row, x, cols, nb)),
+                    6 => pad(dot1xv::<6>(f, row, x, cols, nb)),
+                    5 => pad(dot1xv::<5>(f, row, x, cols, nb)),
+                    4 => pad(dot1xv::<4>(f, row, x, cols, nb)),
+                    3 => pad(dot1xv::<3>(f, row, x, cols, nb)),
+                    2 => pad(dot1xv::<2>(f, row, x, cols, nb)),
+                    _ => pad(dot1xv::<1>(f, row, x, cols, nb)),
                 }
             };
             for (j, s) in sums.iter().take(take).enumerate() {
@@ -183,7 +190,7 @@ pub unsafe fn matvec_multi(
     }
 }
 
-fn pad<const V: usize>(a: [f32; V]) -> [f32; 4] {
+fn pad<const V: usize>(a: [f32; V]) -> [f32; 8] {
     std::array::from_fn(|j| a.get(j).copied().unwrap_or(0.0))
 }
 

@@ -191,7 +191,7 @@ impl QuantMatrix {
     /// output equals a batch-1 `matmul` of that row bit for bit (a batched step cannot change a
     /// greedy continuation), while the rows run tile by tile: the B rows reuse each tile of
     /// weights from cache, so the weights are read from memory about once per step, not B times,
-    /// and the AVX paths turn each weight block into floats once for up to four rows.
+    /// and the AVX paths turn each weight block into floats once for several rows.
     pub fn matvec_batch(
         &self,
         xs: &[f32],
