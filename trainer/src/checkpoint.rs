@@ -19,6 +19,11 @@ pub struct TrainerPosition {
     pub cursor: usize,
     pub rng_state: u64,
     pub optimizer_step: u64,
+    /// The [`crate::cloud::CloudOracle::identity`] of the cloud that gave `cloud_verdicts`. A run
+    /// resumed with another cloud does not reuse them; checkpoints written before this field
+    /// read as "" and match no cloud.
+    #[serde(default)]
+    pub cloud: String,
     /// (problem id, cloud correct) for every prompt the cloud was asked about.
     pub cloud_verdicts: Vec<(u64, bool)>,
 }

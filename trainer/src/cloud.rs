@@ -1,5 +1,7 @@
 //! The cloud during training: asked at most once per prompt, its verdict cached and reused (the
-//! paper treats the cloud as deterministic).
+//! paper treats the cloud as deterministic). Verdicts belong to the cloud that gave them: the
+//! caches (in memory, in `cloud-cache.jsonl`, in checkpoints) are keyed by
+//! [`CloudOracle::identity`] as well as the problem, so another cloud never reuses them.
 
 use std::collections::HashMap;
 
@@ -13,10 +15,21 @@ pub trait CloudOracle {
     fn calls(&self) -> usize;
     /// How outputs should name this cloud (a simulated one says so).
     fn describe(&self) -> String;
+    /// What makes this cloud's verdicts this cloud's: the endpoint and model of a real one, the
+    /// accuracy and seed of a simulated one. Cached verdicts are reused only under the same
+    /// identity.
+    fn identity(&self) -> String {
+        self.describe()
+    }
     /// Every verdict so far, for checkpoints, sorted by problem id.
     fn verdicts(&self) -> Vec<(u64, bool)>;
-    /// Restores verdicts saved by [`Self::verdicts`].
+    /// Restores verdicts saved by [`Self::verdicts`] of a cloud with the same
+    /// [`Self::identity`] (the caller checks).
     fn restore_verdicts(&mut self, verdicts: &[(u64, bool)]);
+    /// Calls that failed so far (each counted as a wrong answer and not cached).
+    fn failures(&self) -> usize {
+        0
+    }
 }
 
 /// A simulated cloud, correct with probability `accuracy`, fixed per prompt by a seeded hash.
@@ -69,6 +82,11 @@ impl CloudOracle for SimulatedCloud {
         format!("simulated cloud (accuracy {})", self.accuracy)
     }
 
+    fn identity(&self) -> String {
+        // Verdicts are drawn from (accuracy, seed): either differing gives other verdicts.
+        format!("simulated:{}:seed:{}", self.accuracy, self.seed)
+    }
+
     fn verdicts(&self) -> Vec<(u64, bool)> {
         let mut all: Vec<(u64, bool)> = self.asked.iter().map(|(&k, &v)| (k, v)).collect();
         all.sort_unstable();
@@ -81,21 +99,28 @@ impl CloudOracle for SimulatedCloud {
 }
 
 /// A real OpenAI-compatible endpoint. Each prompt is sent at most once; the answer and its
-/// verdict are appended to a JSONL cache file, which later runs (and `--resume`) read back.
+/// verdict are appended to a JSONL cache file, which later runs (and `--resume`) read back
+/// (only the lines this endpoint and model wrote).
 pub struct HttpCloud {
     client: selfroute_cloud::HttpCloudClient,
     model: String,
+    identity: String,
     max_tokens: Option<u32>,
     runtime: tokio::runtime::Runtime,
     cache_path: std::path::PathBuf,
     verdicts: HashMap<u64, bool>,
-    /// Prompts whose call failed this run (they count as wrong and are asked again next time).
+    /// Calls that failed this run. Each counts as a wrong answer for the step that asked (the
+    /// trainer asks once per prompt per step) and is not cached: a later step asks again.
     pub failures: usize,
 }
 
 /// One line of the cache file.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct CachedAnswer {
+    /// [`CloudOracle::identity`] of the cloud that answered. Lines written before it was
+    /// recorded read as "" and match no cloud: whose answers they are is unknown.
+    #[serde(default)]
+    cloud: String,
     id: u64,
     question: String,
     answer: String,
@@ -118,6 +143,7 @@ impl HttpCloud {
             .enable_all()
             .build()
             .map_err(|e| TrainError::InvalidSettings(format!("starting the HTTP runtime: {e}")))?;
+        let identity = format!("{} model {}", client.url(), model);
         let mut verdicts = HashMap::new();
         if cache_path.exists() {
             let text = std::fs::read_to_string(&cache_path).map_err(|e| TrainError::Data {
@@ -134,12 +160,15 @@ impl HttpCloud {
                         path: cache_path.display().to_string(),
                         reason: format!("line {}: {e}", i + 1),
                     })?;
-                verdicts.insert(entry.id, entry.correct);
+                if entry.cloud == identity {
+                    verdicts.insert(entry.id, entry.correct);
+                }
             }
         }
         Ok(Self {
             client,
             model,
+            identity,
             max_tokens,
             runtime,
             cache_path,
@@ -176,6 +205,7 @@ impl CloudOracle for HttpCloud {
         };
         let correct = task.verify(problem, &answer) == Verdict::Correct;
         let line = serde_json::to_string(&CachedAnswer {
+            cloud: self.identity.clone(),
             id: problem.id,
             question: problem.question.clone(),
             answer,
@@ -193,6 +223,14 @@ impl CloudOracle for HttpCloud {
 
     fn describe(&self) -> String {
         format!("cloud {} ({})", self.client.url(), self.model)
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn failures(&self) -> usize {
+        self.failures
     }
 
     fn verdicts(&self) -> Vec<(u64, bool)> {

@@ -144,6 +144,21 @@ impl TrainableModel {
         self.run(ids, 0, None)
     }
 
+    /// Logits `[batch, seq - first, vocab]` of positions `first..seq` only, every sequence starting
+    /// at position 0. The loss needs logits only where a response token is predicted, and a
+    /// vocabulary-wide row (and its gradient) per prompt position is most of the memory of a long
+    /// prompt.
+    pub fn forward_from(&self, ids: &Tensor, first: usize) -> Result<Tensor> {
+        let seq = ids.dim(1)?;
+        if first >= seq {
+            return Err(TrainError::InvalidSettings(format!(
+                "logits from position {first} of a {seq}-token sequence"
+            )));
+        }
+        let x = self.hidden(ids, 0, None)?.narrow(1, first, seq - first)?;
+        linear(&x, self.head())
+    }
+
     /// Logits for `ids` `[batch, seq]` at positions `cache.len()..`, extending `cache`. For
     /// sampling: the cache holds detached keys and values, so no graph outlives a step.
     pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {

@@ -56,6 +56,12 @@ struct Running {
     done: bool,
 }
 
+/// Whether a prompt of `prompt_len` tokens leaves room for `max_new_tokens` in a context of
+/// `context` tokens (what [`rollout_group`] needs).
+pub fn fits_context(prompt_len: usize, max_new_tokens: usize, context: usize) -> bool {
+    prompt_len + max_new_tokens <= context
+}
+
 /// Samples `config.group` responses to `prompt`; sample i is seeded with `seed + i`.
 pub fn rollout_group(
     model: &TrainableModel,
@@ -65,6 +71,20 @@ pub fn rollout_group(
     config: &RolloutConfig,
     seed: u64,
 ) -> Result<Vec<Sample>> {
+    rollout_group_masked(model, tokenizer, signal, prompt, config, &[], seed)
+}
+
+/// [`rollout_group`] with the tokens `masked` never sampled (`train --no-offload` masks the
+/// offload token): they leave the distribution before sampling, and so the entropy.
+pub fn rollout_group_masked(
+    model: &TrainableModel,
+    tokenizer: &Tokenizer,
+    signal: &OffloadSignal,
+    prompt: &[u32],
+    config: &RolloutConfig,
+    masked: &[u32],
+    seed: u64,
+) -> Result<Vec<Sample>> {
     let g = config.group;
     if g == 0 || prompt.is_empty() {
         return Err(TrainError::InvalidSettings(
@@ -72,7 +92,7 @@ pub fn rollout_group(
         ));
     }
     let context = model.config().context_length;
-    if prompt.len() + config.max_new_tokens > context {
+    if !fits_context(prompt.len(), config.max_new_tokens, context) {
         return Err(TrainError::InvalidSettings(format!(
             "prompt of {} tokens + {} new tokens exceeds the context of {context}",
             prompt.len(),
@@ -120,6 +140,13 @@ pub fn rollout_group(
                 // Finished sequences ride along with a harmless token; their output is ignored.
                 next.push(*seq.history.last().unwrap_or(&0));
                 continue;
+            }
+            for &id in masked {
+                if let Some(l) = row.get_mut(id as usize) {
+                    // The sampler drops NaN logits from its candidates, so the token is never
+                    // picked (an -inf one could still be the fallback of its walk on rounding).
+                    *l = f32::NAN;
+                }
             }
             seq.sample.entropy_sum += entropy(row, config.temperature);
             let token = seq.sampler.sample(row, &seq.history)?;
@@ -170,6 +197,7 @@ fn entropy(logits: &[f32], temperature: f32) -> f64 {
         return 0.0;
     }
     let t = f64::from(temperature);
+    // f32::max skips NaN, and NaN terms (masked tokens) are skipped below.
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     if !max.is_finite() {
         return 0.0;

@@ -1,7 +1,15 @@
 //! The trainer learns: on a tiny random model and a synthetic task whose right policy is known
 //! (answer the easy prompt yourself, hand the hard one to the cloud), GAPG with adaptive filtering
-//! finds that policy, and GRPO with a cloud reward close to the local one collapses to offloading
-//! everything, as the paper reports.
+//! finds that policy, and GRPO without filtering collapses to offloading everything, as the paper
+//! reports.
+//!
+//! The controls say which change collapses. At the paper's alpha_c = 0.25, GRPO without filtering
+//! collapses, while GAPG without filtering (the same filter setting) and GRPO with filtering (the
+//! same algorithm) both learn: GRPO's std scaling drives the collapse and filtering stops it. At
+//! alpha_c = 0.9 every rule offloads nearly everything, GAPG with filtering included: there the
+//! reward itself, a cloud answer worth almost a local one, is the cause, not the algorithm.
+//! (Measured once for all eight combinations: at 0.9, GRPO filtered 0.87, GAPG unfiltered 1.00
+//! and GAPG filtered 0.97 offload rate over the last 10 steps.)
 
 mod support;
 
@@ -12,7 +20,7 @@ use selfroute_train::cloud::SimulatedCloud;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::{RolloutConfig, rollout_group};
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
-use selfroute_train::train::{StepMetrics, TrainConfig, Trainer, prompt_ids};
+use selfroute_train::train::{OffloadMode, StepMetrics, TrainConfig, Trainer, prompt_ids};
 use selfroute_train::warmup::{calibrate_offload_row, offload_probability};
 
 /// "easy": any answer with a lowercase ASCII letter is correct (the random model starts out right
@@ -94,6 +102,8 @@ fn train(algo: Algo, alpha_cloud: f64, rho: Option<f64>, steps: usize) -> Run {
         },
         adamw: AdamWConfig::default(),
         seed: 3,
+        micro_batch: None,
+        offload: OffloadMode::Learn,
     };
     // As `prepare` will: raise the offload token from ~1/260 to a share RL can work with, the
     // same for both prompts, so telling them apart is left to RL.
@@ -176,9 +186,43 @@ fn mean(metrics: &[StepMetrics], f: impl Fn(&StepMetrics) -> f64) -> f64 {
     metrics.iter().map(f).sum::<f64>() / metrics.len() as f64
 }
 
+const RHO: Option<f64> = Some(3.0 / 7.0);
+
+/// The right policy: offloads about half the time, greedy answers easy itself and offloads hard.
+fn assert_learns(run: &Run, what: &str) {
+    let last = &run.metrics[run.metrics.len() - 10..];
+    let off = mean(last, |m| m.offload_rate);
+    eprintln!(
+        "{what}: final offload rate {off:.3}, greedy {:?}",
+        run.greedy
+    );
+    assert!((0.3..0.7).contains(&off), "{what}: offload rate {off}");
+    assert_eq!(
+        run.greedy,
+        (false, true, true),
+        "{what}: greedy policy (easy offloads, easy correct, hard offloads)"
+    );
+}
+
+/// Collapse: (nearly) every response offloads, the easy prompt included.
+fn assert_offloads_everything(run: &Run, what: &str, rate: f64) {
+    let last = &run.metrics[run.metrics.len() - 10..];
+    let off = mean(last, |m| m.offload_rate);
+    eprintln!(
+        "{what}: final offload rate {off:.3}, greedy {:?}",
+        run.greedy
+    );
+    assert!(off > rate, "{what}: offload rate {off}");
+    assert!(
+        run.greedy.0 && run.greedy.2,
+        "{what}: both prompts offload: {:?}",
+        run.greedy
+    );
+}
+
 #[test]
 fn gapg_with_filtering_learns_to_answer_easy_and_offload_hard() {
-    let run = train(Algo::Gapg, 0.25, Some(3.0 / 7.0), 120);
+    let run = train(Algo::Gapg, 0.25, RHO, 120);
     let first = &run.metrics[..10];
     let last = &run.metrics[run.metrics.len() - 10..];
     let (r0, r1) = (
@@ -211,15 +255,35 @@ fn gapg_with_filtering_learns_to_answer_easy_and_offload_hard() {
 }
 
 #[test]
+fn grpo_without_filtering_collapses_at_the_papers_alpha_cloud() {
+    let run = train(Algo::Grpo, 0.25, None, 120);
+    assert_offloads_everything(&run, "GRPO, alpha_c 0.25, no filter", 0.9);
+}
+
+/// Control: the same reward and filter setting, GAPG's update rule.
+#[test]
+fn gapg_without_filtering_does_not_collapse() {
+    let run = train(Algo::Gapg, 0.25, None, 120);
+    assert_learns(&run, "GAPG, alpha_c 0.25, no filter");
+}
+
+/// Control: the same reward and update rule, with filtering.
+#[test]
+fn grpo_with_filtering_does_not_collapse() {
+    let run = train(Algo::Grpo, 0.25, RHO, 120);
+    assert_learns(&run, "GRPO, alpha_c 0.25, filtered");
+}
+
+#[test]
 fn grpo_with_alpha_cloud_near_alpha_local_collapses_to_offloading() {
     let run = train(Algo::Grpo, 0.9, None, 120);
-    let last = &run.metrics[run.metrics.len() - 10..];
-    let off = mean(last, |m| m.offload_rate);
-    eprintln!("final offload rate {off:.3}, greedy {:?}", run.greedy);
-    assert!(off > 0.9, "offload rate {off}");
-    assert!(
-        run.greedy.0 && run.greedy.2,
-        "both prompts offload: {:?}",
-        run.greedy
-    );
+    assert_offloads_everything(&run, "GRPO, alpha_c 0.9, no filter", 0.9);
+}
+
+/// Control for the test above: the same alpha_c with both of its other changes undone (GAPG,
+/// filtering) offloads nearly everything too, so at 0.9 the reward is the cause.
+#[test]
+fn near_alpha_local_even_gapg_with_filtering_offloads_nearly_everything() {
+    let run = train(Algo::Gapg, 0.9, RHO, 120);
+    assert_offloads_everything(&run, "GAPG, alpha_c 0.9, filtered", 0.85);
 }

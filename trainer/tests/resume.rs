@@ -10,7 +10,7 @@ use selfroute_train::cloud::SimulatedCloud;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::RolloutConfig;
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
-use selfroute_train::train::{StepMetrics, TrainConfig, Trainer};
+use selfroute_train::train::{OffloadMode, StepMetrics, TrainConfig, Trainer};
 
 /// Correct when the answer has a lowercase letter: rewards vary from the first step.
 struct AnyLetter;
@@ -60,6 +60,8 @@ fn config() -> TrainConfig {
         },
         adamw: AdamWConfig::default(),
         seed: 11,
+        micro_batch: None,
+        offload: OffloadMode::Learn,
     }
 }
 
@@ -177,5 +179,68 @@ fn a_corrupt_checkpoint_is_a_clear_error_and_changes_nothing() {
     let err = trainer.restore_checkpoint(&bad).unwrap_err().to_string();
     assert!(err.contains("bad.safetensors"), "{err}");
     assert_eq!(trainer.steps_done(), 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_checkpoint_restores_only_its_own_clouds_verdicts() {
+    use selfroute_train::checkpoint::TrainerPosition;
+    use selfroute_train::cloud::CloudOracle;
+
+    let dir = std::env::temp_dir().join(format!("selfroute-ckpt-cloud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("checkpoint.safetensors");
+    let package = support::tiny_with_offload(64);
+    let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
+    let template = package.chat_template.as_ref().unwrap();
+    let problems = AnyLetter.problems(Split::Train, 6, 0).unwrap();
+    // Saves a checkpoint whose cloud (accuracy 0.5, seed 1) has judged every problem, then
+    // resumes with `cloud` and returns how many verdicts it holds.
+    let resume_with = |mut cloud: SimulatedCloud| -> usize {
+        let mut judged = SimulatedCloud::new(0.5, 1).unwrap();
+        for p in &problems {
+            judged.is_correct(&AnyLetter, p).unwrap();
+        }
+        let trainer = Trainer::new(
+            support::trainable(&package, DType::F32),
+            &package.tokenizer,
+            template,
+            signal.clone(),
+            &AnyLetter,
+            &mut judged,
+            problems.clone(),
+            config(),
+        )
+        .unwrap();
+        trainer.save_checkpoint(&ckpt).unwrap();
+        drop(trainer);
+        let mut resumed = Trainer::new(
+            support::trainable(&package, DType::F32),
+            &package.tokenizer,
+            template,
+            signal.clone(),
+            &AnyLetter,
+            &mut cloud,
+            problems.clone(),
+            config(),
+        )
+        .unwrap();
+        resumed.restore_checkpoint(&ckpt).unwrap();
+        drop(resumed);
+        cloud.calls()
+    };
+    assert_eq!(resume_with(SimulatedCloud::new(0.5, 1).unwrap()), 6);
+    // Another seed or accuracy draws other verdicts: none is reused.
+    assert_eq!(resume_with(SimulatedCloud::new(0.5, 2).unwrap()), 0);
+    assert_eq!(resume_with(SimulatedCloud::new(0.6, 1).unwrap()), 0);
+
+    // A checkpoint written before verdicts named their cloud still reads; its verdicts match no
+    // cloud.
+    let old: TrainerPosition = serde_json::from_str(
+        r#"{"step":2,"cursor":8,"rng_state":5,"optimizer_step":2,"cloud_verdicts":[[3,true]]}"#,
+    )
+    .unwrap();
+    assert_eq!(old.cloud, "");
+    assert_eq!(old.cloud_verdicts, vec![(3, true)]);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -22,7 +22,7 @@ impl Progress {
     }
 
     pub fn step(&self, m: &selfroute_train::train::StepMetrics) {
-        let line = format!(
+        let mut line = format!(
             "step {:>4} · reward {:.3}±{:.3} · local acc {:.2} · offload {:.2} · D1 {} D2 {} dropped {} · grad {:.3} · {:.1} tok/s · {:.1} s (rollout {:.1}, fwd/bwd {:.1}, optimiser {:.1})",
             m.step,
             m.reward_mean,
@@ -39,6 +39,19 @@ impl Progress {
             m.forward_backward_s,
             m.optimizer_s
         );
+        // Rare events, shown only when they happen.
+        if m.skipped_prompts > 0 {
+            line.push_str(&format!(
+                " · {} prompts skipped (longer than the context)",
+                m.skipped_prompts
+            ));
+        }
+        if m.cloud_failures > 0 {
+            line.push_str(&format!(
+                " · {} cloud calls failed (scored as wrong)",
+                m.cloud_failures
+            ));
+        }
         match &self.bar {
             Some(bar) => {
                 bar.println(line);

@@ -13,7 +13,8 @@ use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::RolloutConfig;
 use selfroute_train::tasks::{Split, parse_task};
-use selfroute_train::train::{TrainConfig, Trainer};
+use selfroute_train::train::{OffloadMode, TrainConfig, Trainer};
+use selfroute_train::update::Scoring;
 
 use crate::device::parse_device;
 use crate::output::prepare_output_dir;
@@ -21,9 +22,15 @@ use crate::progress::Progress;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum AlgoArg {
+    /// The paper's group-adapted policy gradient, with adaptive prompt filtering (--rho).
     Gapg,
+    /// GRPO: std-normalised advantages, token-mean loss.
     Grpo,
+    /// Dr. GRPO: centred advantages, token sums over a constant length.
     DrGrpo,
+    /// The paper's collaboration-aware tuning baseline in one flag: Dr. GRPO with the
+    /// hierarchical reward and no prompt filtering (--rho and --no-filter do not apply).
+    CollabAware,
 }
 
 #[derive(Args)]
@@ -57,9 +64,20 @@ pub struct TrainArgs {
     group: usize,
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// Sampling temperature of the rollouts.
+    /// Sampling temperature of the rollouts, above 0 (the loss scores log-probs at the same
+    /// temperature, so the update stays on-policy).
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
+    /// Sequences per forward/backward pass of the update (default: a whole group at once).
+    /// Gradients are summed over the passes: the same update in less memory.
+    #[arg(long, value_name = "N")]
+    micro_batch: Option<usize>,
+    /// The task-tuning-only baseline: the offload token is never sampled, the cloud never asked,
+    /// and only a correct local answer earns a reward (--alpha-local).
+    #[arg(long)]
+    no_offload: bool,
+    /// The update rule. collab-aware is the paper's collaboration-aware tuning baseline (Dr. GRPO,
+    /// hierarchical reward, no filtering).
     #[arg(long, value_enum, default_value = "gapg")]
     algo: AlgoArg,
     /// Most "needs the cloud" prompts per update, as a share of the locally solved ones.
@@ -101,6 +119,16 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // Refused before any work (the trainer checks them again).
+    Scoring {
+        temperature: args.temperature,
+        masked: Vec::new(),
+    }
+    .validate()
+    .context("--temperature")?;
+    if args.micro_batch == Some(0) {
+        bail!("--micro-batch must be at least 1");
+    }
     let bytes =
         std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
     let package = ModelPackage::from_gguf(args.model.display().to_string(), bytes)?;
@@ -145,6 +173,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.lr.is_nan() || args.lr <= 0.0 {
         bail!("--lr must be positive");
     }
+    let (algo, filtered) = match args.algo {
+        AlgoArg::Gapg => (Algo::Gapg, !args.no_filter),
+        AlgoArg::Grpo => (Algo::Grpo, !args.no_filter),
+        AlgoArg::DrGrpo => (Algo::DrGrpo, !args.no_filter),
+        // The baseline is defined without filtering.
+        AlgoArg::CollabAware => (Algo::DrGrpo, false),
+    };
     let config = TrainConfig {
         prompts_per_step: args.prompts_per_step,
         rollout: RolloutConfig {
@@ -152,12 +187,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,
         },
-        algo: match args.algo {
-            AlgoArg::Gapg => Algo::Gapg,
-            AlgoArg::Grpo => Algo::Grpo,
-            AlgoArg::DrGrpo => Algo::DrGrpo,
-        },
-        rho: (!args.no_filter).then_some(args.rho),
+        algo,
+        rho: filtered.then_some(args.rho),
         reward: RewardConfig {
             alpha_local: args.alpha_local,
             alpha_cloud: args.alpha_cloud,
@@ -175,6 +206,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             ..AdamWConfig::default()
         },
         seed: args.seed,
+        micro_batch: args.micro_batch,
+        offload: if args.no_offload {
+            OffloadMode::Never
+        } else {
+            OffloadMode::Learn
+        },
     };
     let metrics_path = args.out.join("metrics.jsonl");
     let checkpoint_path = args.out.join("checkpoint.safetensors");
@@ -183,11 +220,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .with_context(|| format!("starting a fresh {}", metrics_path.display()))?;
     }
     eprintln!(
-        "training {} on {} with {} ({}), {} steps of {} prompts x {}",
+        "training {} on {} with {} ({}{}), {} steps of {} prompts x {}",
         args.model.display(),
         task.name(),
-        cloud.describe(),
+        if args.no_offload {
+            "no offloading".to_string()
+        } else {
+            cloud.describe()
+        },
         args.algo.name(),
+        if filtered { "" } else { ", no filtering" },
         args.steps,
         args.prompts_per_step,
         args.group
@@ -233,6 +275,7 @@ impl AlgoArg {
             Self::Gapg => "GAPG",
             Self::Grpo => "GRPO",
             Self::DrGrpo => "Dr. GRPO",
+            Self::CollabAware => "collaboration-aware tuning: Dr. GRPO",
         }
     }
 }
