@@ -140,6 +140,15 @@ async fn bad_requests_get_clear_openai_errors() {
     )
     .await;
     assert!(m.contains("max_tokens 101"), "{m}");
+    // Every 400 names its parameter.
+    let r = c
+        .post(&url)
+        .json(&chat_body("hi", 101, false))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["param"], "max_tokens", "{body}");
     let big = "x".repeat(5000);
     let r = c
         .post(&url)
@@ -148,6 +157,9 @@ async fn bad_requests_get_clear_openai_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    // In the OpenAI error shape, like every other refusal, so SDKs show the reason.
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "request_too_large", "{body}");
     // The server is still fine.
     let r = c
         .post(&url)

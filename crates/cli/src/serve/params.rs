@@ -40,6 +40,12 @@ fn refuse(param: impl Into<String>, code: &str, message: impl Into<String>) -> A
     ApiError::invalid_param(param, code, message)
 }
 
+/// The one refusal no single parameter is to blame for: `param` stays null, as OpenAI sends it.
+fn not_an_object() -> ApiError {
+    ApiError::new("the body must be a JSON object", "invalid_request_error")
+        .with_code("invalid_type")
+}
+
 fn present<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     object.get(name).filter(|v| !v.is_null())
 }
@@ -53,9 +59,7 @@ pub struct LocalRequest {
 
 /// The checks of the proxy: this server's limits only; the upstream judges the rest.
 pub fn check_forwarded(value: &Value, limits: &Limits) -> Result<(), ApiError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| refuse("", "invalid_type", "the body must be a JSON object"))?;
+    let object = value.as_object().ok_or_else(not_an_object)?;
     check_message_count(object, limits)?;
     for name in ["max_tokens", "max_completion_tokens"] {
         if let Some(n) = present(object, name).and_then(Value::as_u64) {
@@ -120,9 +124,7 @@ fn check_token_limit(name: &str, n: u64, limits: &Limits) -> Result<(), ApiError
 
 /// The checks for the local model. `vocab` bounds `logit_bias` token ids.
 pub fn check_local(value: &Value, limits: &Limits, vocab: usize) -> Result<LocalRequest, ApiError> {
-    let object = value
-        .as_object()
-        .ok_or_else(|| refuse("", "invalid_type", "the body must be a JSON object"))?;
+    let object = value.as_object().ok_or_else(not_an_object)?;
     check_unsupported(object)?;
     check_message_count(object, limits)?;
     check_messages(object)?;
