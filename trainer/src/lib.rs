@@ -4,12 +4,15 @@
 pub mod algo;
 pub mod checkpoint;
 pub mod cloud;
+pub mod curve;
 pub mod error;
 pub mod eval;
 pub mod export;
 pub mod hidden;
 pub mod model;
 pub mod optim;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod prepare;
 pub mod rollout;
 pub mod router;

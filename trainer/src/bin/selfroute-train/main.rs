@@ -5,6 +5,7 @@ mod eval;
 mod export;
 mod model_file;
 mod output;
+mod plot;
 mod prepare;
 mod progress;
 mod router;
@@ -34,6 +35,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fit a prompt router: a probe on the model's answer-position state predicting wrong answers.
     Router(router::RouterArgs),
+    /// Draw training curves (metrics.jsonl) and the cost-quality curve (curve.json) as SVG and
+    /// PNG. Needs a build with `--features plot`.
+    Plot(plot::PlotArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => export::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Router(args) => router::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
