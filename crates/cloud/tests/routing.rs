@@ -144,6 +144,7 @@ fn assert_original_conversation(server: &FaultServer, messages: &[Message]) {
         assert_eq!(sent, messages);
         assert_eq!(body["model"], "cloud-model");
         assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["max_tokens"], 64);
         assert_eq!(
             r.header("content-type").as_deref(),

@@ -204,6 +204,11 @@ pub async fn send_with_retries(
 ) -> CloudReply {
     let mut request = request.clone();
     request.stream = true;
+    // Without it an OpenAI-compatible server streams no usage, and cloud tokens would be counted
+    // from chunks, which some servers batch.
+    request.stream_options = Some(crate::openai::StreamOptions {
+        include_usage: true,
+    });
     let body = match serde_json::to_vec(&request) {
         Ok(b) => b,
         Err(e) => return CloudReply::not_sent(CloudError::Transport(e.to_string())),
