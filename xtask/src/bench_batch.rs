@@ -55,10 +55,14 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         }
     }
     println!(
-        "\nSmolLM2-135M-Instruct Q4_1, decode tok/s summed over B sequences: one batched forward pass per step vs B single steps (median of {REPEATS})"
+        "\nSmolLM2-135M-Instruct Q4_1, decode tokens summed over B sequences: one batched forward pass per step vs B single steps (median of {REPEATS}); per wall second, and per CPU second of the bench process (steadier on a shared machine)"
     );
-    println!("| threads |  B | batched | sequential | ratio | kernel |");
-    println!("|---------|----|---------|------------|-------|--------|");
+    println!(
+        "| threads |  B | batched tok/s | sequential tok/s | ratio | batched tok/CPU-s | sequential tok/CPU-s | CPU ratio | kernel |"
+    );
+    println!(
+        "|---------|----|---------------|------------------|-------|-------------------|----------------------|-----------|--------|"
+    );
     for (threads, v) in &rows {
         let num = |key: &str| {
             v.get(key)
@@ -66,11 +70,14 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 .with_context(|| format!("no `{key}` in {v}"))
         };
         println!(
-            "| {threads:>7} | {:>2} | {:>7.1} | {:>10.1} | {:>4.2}x | {:<6} |",
+            "| {threads:>7} | {:>2} | {:>13.1} | {:>16.1} | {:>4.2}x | {:>17.1} | {:>20.1} | {:>8.2}x | {:<6} |",
             num("batch")?,
             num("batched_tok_s")?,
             num("sequential_tok_s")?,
             num("ratio")?,
+            num("batched_tok_per_cpu_s")?,
+            num("sequential_tok_per_cpu_s")?,
+            num("cpu_ratio")?,
             v.get("kernel").and_then(Value::as_str).unwrap_or("?")
         );
     }

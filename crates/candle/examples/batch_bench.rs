@@ -2,6 +2,10 @@
 //! sequences decoded one after another on the single-sequence path, in one run. One JSON line
 //! per batch size. Driven by `cargo xtask bench batch`; threads come from RAYON_NUM_THREADS.
 //!
+//! Besides wall-clock rates it reports rates per CPU second of this process (Linux
+//! /proc/self/stat): on a machine shared with other work, wall time measures the neighbours as
+//! much as the code, CPU time much less so.
+//!
 //! usage: batch_bench MODEL.gguf PROMPT_TOKENS DECODE_STEPS BATCH_SIZES(comma-separated) REPEATS
 
 use std::time::Instant;
@@ -37,10 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for &b in &sizes {
         let (mut batched, mut sequential) = (Vec::new(), Vec::new());
+        let (mut batched_cpu, mut sequential_cpu) = (Vec::new(), Vec::new());
         for _ in 0..repeats {
             // Each sequence starts from a different prompt length, as clients would.
             let seqs = start(&mut model, &prompt, b)?;
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), cpu_seconds());
             let mut tokens = vec![prompt[0]; b];
             for _ in 0..steps {
                 let batch: Vec<BatchStep> = seqs
@@ -56,10 +61,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokens = logits.iter().map(|row| argmax(row)).collect();
             }
             batched.push((b * steps) as f64 / t.elapsed().as_secs_f64());
+            batched_cpu.push((b * steps) as f64 / (cpu_seconds() - cpu));
             finish(&mut model, &seqs);
 
             let seqs = start(&mut model, &prompt, b)?;
-            let t = Instant::now();
+            let (t, cpu) = (Instant::now(), cpu_seconds());
             let mut tokens = vec![prompt[0]; b];
             for _ in 0..steps {
                 for ((seq, _), token) in seqs.iter().zip(tokens.iter_mut()) {
@@ -71,12 +77,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             sequential.push((b * steps) as f64 / t.elapsed().as_secs_f64());
+            sequential_cpu.push((b * steps) as f64 / (cpu_seconds() - cpu));
             finish(&mut model, &seqs);
         }
         let (batched, sequential) = (median(batched), median(sequential));
+        let (batched_cpu, sequential_cpu) = (median(batched_cpu), median(sequential_cpu));
         println!(
-            "{{\"batch\":{b},\"batched_tok_s\":{batched:.2},\"sequential_tok_s\":{sequential:.2},\"ratio\":{:.3},\"kernel\":\"{}\"}}",
+            "{{\"batch\":{b},\"batched_tok_s\":{batched:.2},\"sequential_tok_s\":{sequential:.2},\"ratio\":{:.3},\"batched_tok_per_cpu_s\":{batched_cpu:.2},\"sequential_tok_per_cpu_s\":{sequential_cpu:.2},\"cpu_ratio\":{:.3},\"kernel\":\"{}\"}}",
             batched / sequential,
+            batched_cpu / sequential_cpu,
             selfroute_candle::kernels::selected_path()
         );
     }
@@ -102,6 +111,25 @@ fn start(
 fn finish(model: &mut CandleModel, seqs: &[(SeqId, usize)]) {
     for (seq, _) in seqs {
         model.drop_sequence(*seq);
+    }
+}
+
+/// User plus system CPU seconds of this process so far; NaN where /proc is missing (the rates
+/// then read NaN rather than a wrong number).
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, in clock ticks; field 2 (the name) may hold spaces,
+    // so count from the closing parenthesis. 100 ticks per second on Linux.
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
     }
 }
 
