@@ -54,16 +54,18 @@ pub fn add_offload_token(
 }
 
 /// Adds the token with its row fitted so greedy decoding offloads, at the first answer token,
-/// the prompts `probe` sends to the cloud (see [`crate::router::fold`]). `margin`: the offload
-/// logit's margin, in logits, at the median probe margin.
+/// the prompts `probe` sends to the cloud and not later along `answers` (the model's greedy answers
+/// to `prompts`, token ids; see [`crate::router::fold`]). `margin`: the offload logit's margin, in
+/// logits, at the median probe margin and below the best token along the answers.
 pub fn add_routed_offload_token(
     model: &mut TrainableModel,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
+    answers: &[Vec<u32>],
     probe: &ProbeRouter,
     margin: f64,
 ) -> Result<(u32, FoldReport)> {
     let id = append_offload_token(model, tokenizer)?;
-    let report = fold_router(model, prompts, id, probe, margin)?;
+    let report = fold_router(model, prompts, answers, id, probe, margin)?;
     Ok((id, report))
 }

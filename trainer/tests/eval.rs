@@ -311,3 +311,62 @@ fn the_summary_of_known_lines() {
         "{table}"
     );
 }
+
+/// `eval --sweep` as a user runs it: one evaluation per setting plus the all-local and all-cloud
+/// references, written as curve.json in the cost-quality curve's format.
+#[test]
+fn a_sweep_writes_the_cost_quality_curve() {
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!("selfroute-eval-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    std::fs::write(
+        &model,
+        support::gguf::GgufBuilder::tiny_llama_with_offload(256).bytes(),
+    )
+    .unwrap();
+    let out = dir.join("sweep");
+    let status = Command::new(env!("CARGO_BIN_EXE_selfroute-train"))
+        .args(["eval", "--model"])
+        .arg(&model)
+        .args([
+            "--task",
+            TASK,
+            "--problems",
+            "10",
+            "--max-new-tokens",
+            "2",
+            "--route",
+            "random",
+            "--sweep",
+            "0,0.5,1",
+            "--budget",
+            "1",
+            "--cloud",
+            "simulated:0.8",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let curve = selfroute_train::curve::Curve::read(&out.join("curve.json")).unwrap();
+    let shares: Vec<(f64, f64)> = curve
+        .points
+        .iter()
+        .map(|p| (p.setting, p.cloud_share))
+        .collect();
+    assert_eq!(shares, [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]);
+    assert!(curve.points.iter().all(|p| p.method == "random"));
+    // All-cloud random routing scores what the cloud-only reference does.
+    assert_eq!(curve.points[2].accuracy, curve.cloud_accuracy);
+    assert_eq!(curve.points[0].accuracy, curve.local_accuracy);
+    let table = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert_eq!(table.lines().count(), 2 + 2 + 3, "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,13 +8,15 @@ use candle_core::DType;
 use selfroute_core::{GgufFile, ModelPackage, OFFLOAD_TOKEN};
 use selfroute_engine::{BackendChoice, EngineOptions, load_engine};
 use selfroute_train::eval::cloud::{EvalCloud, SimulatedCloudClient};
-use selfroute_train::eval::{EvalConfig, EvalRoute, Policy, evaluate};
+use selfroute_train::eval::{EvalConfig, EvalRoute, Policy, evaluate, greedy_answer_ids};
 use selfroute_train::export::{ExportType, gguf_bytes};
 use selfroute_train::router::{ProbeSource, fold_router, probe_decisions, train_probe};
 use selfroute_train::tasks::{ArithTask, Problem, Split, Task};
 use selfroute_train::train::prompt_ids;
 
 const BUDGET: f64 = 0.3;
+/// Long enough that a row which also fires later in answers would show it.
+const ANSWER_TOKENS: usize = 8;
 
 /// `n` problems, 30% of them hard (level 7), the rest easy (level 2), interleaved.
 fn easy_hard(split: Split, n: usize, seed: u64) -> Vec<Problem> {
@@ -87,8 +89,33 @@ fn probe_and_folded_router_send_the_hard_problems_out() {
 
     // Folded into the model's own row, exported, and run through the engine and Assistant.
     let offload_id = package.tokenizer.token_to_id(OFFLOAD_TOKEN).unwrap();
-    let report = fold_router(&model, &train_prompts, offload_id, &probe, 4.0).unwrap();
+    // Along the model's own greedy answers the row must stay below the best token.
+    let (engine, _) = pollster::block_on(load_engine(
+        &package.config,
+        support::tiny_with_offload(256).weights,
+        &EngineOptions {
+            choice: BackendChoice::Cpu,
+            ..EngineOptions::default()
+        },
+    ))
+    .unwrap();
+    let answers = pollster::block_on(greedy_answer_ids(
+        engine,
+        package.tokenizer.clone(),
+        support::tiny_with_offload(256)
+            .chat_template
+            .expect("template"),
+        &task,
+        &train,
+        ANSWER_TOKENS,
+    ))
+    .unwrap();
+    let report = fold_router(&model, &train_prompts, &answers, offload_id, &probe, 4.0).unwrap();
     assert!(report.agreement >= 0.95, "{report:?}");
+    assert!(
+        report.later_positions >= 200 && report.later_offload_share < 0.01,
+        "{report:?}"
+    );
     let source = GgufFile::from_bytes(
         "tiny.gguf",
         support::gguf::GgufBuilder::tiny_llama_with_offload(256).bytes(),
@@ -113,7 +140,7 @@ fn probe_and_folded_router_send_the_hard_problems_out() {
         budget: 1.0,
         ..EvalConfig::default()
     };
-    config.generation.max_new_tokens = 2;
+    config.generation.max_new_tokens = ANSWER_TOKENS;
     let records = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
@@ -131,9 +158,14 @@ fn probe_and_folded_router_send_the_hard_problems_out() {
         .unwrap();
     let model_says: Vec<bool> = records
         .iter()
-        // Offloading at the first answer token: nothing local was generated before the signal.
-        .map(|r| r.route == EvalRoute::Cloud && r.local_text.is_empty())
+        .map(|r| r.route == EvalRoute::Cloud)
         .collect();
+    // Offloads happen at the first answer token: nothing local was generated before the signal.
+    let late = records
+        .iter()
+        .filter(|r| r.route == EvalRoute::Cloud && r.local_tokens > 1)
+        .count();
+    assert_eq!(late, 0, "offloads after the first answer token");
     let folded_vs_probe = agreement(&model_says, &probe_says);
     let folded_right = agreement(&model_says, &truth);
     assert!(

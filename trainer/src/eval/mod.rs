@@ -323,3 +323,40 @@ pub fn random_decisions(n: usize, share: f64, seed: u64) -> Result<Vec<bool>> {
     }
     Ok(wants)
 }
+
+/// The model's greedy local answers to `problems` (offload masked, as [`Policy::Local`] gives
+/// them), as token ids: what the folded router's row must not interrupt.
+pub async fn greedy_answer_ids<B: Backend>(
+    backend: B,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    task: &dyn Task,
+    problems: &[Problem],
+    max_new_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let config = EvalConfig {
+        generation: GenerationParams {
+            max_new_tokens,
+            ..EvalConfig::default().generation
+        },
+        ..EvalConfig::default()
+    };
+    let records = evaluate(
+        backend,
+        tokenizer.clone(),
+        template,
+        None::<selfroute_core::NoCloud>,
+        task,
+        problems,
+        &Policy::Local,
+        &config,
+        |_| {},
+    )
+    .await?;
+    // Re-encoded from the text: the generated ids are not kept by the Assistant; the text's own
+    // encoding is what the model reads at those positions in all but rare merge differences.
+    records
+        .iter()
+        .map(|r| Ok(tokenizer.encode_literal(&r.local_text)?))
+        .collect()
+}

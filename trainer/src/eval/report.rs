@@ -153,7 +153,8 @@ pub const MARKDOWN_HEADER: &str = "| method | N | accuracy % | local acc. % | co
 pub fn markdown_row(s: &Summary) -> String {
     format!(
         "| {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} |\n",
-        s.method,
+        // A pipe in a name (`<|offload|>`) would end the cell.
+        s.method.replace('|', "\\|"),
         s.n,
         pct(s.accuracy),
         pct(s.local_accuracy),

@@ -10,6 +10,12 @@
 //! probe's margin, scaled to `margin` logits. The head has no bias, so a final shift along the mean
 //! hidden state (which every `h_i` has a positive component on) sets the offload share to the
 //! probe's share exactly on the fitting prompts.
+//!
+//! The same row is read at every later position of an answer, where it must stay below the best
+//! token, or the model would offload halfway through answers the probe keeps local (on SmolLM2 it
+//! did, spending the budget on the first problems). So the states along the model's own greedy
+//! answers join the regression with the target `m_t - margin`, weighted to count as much, in
+//! total, as the first-token states.
 
 use candle_core::{DType, Tensor};
 
@@ -41,8 +47,43 @@ pub fn answer_states(
     prompts: &[Vec<u32>],
     offload_id: u32,
 ) -> Result<Vec<AnswerState>> {
-    let head = model.head().as_tensor().to_dtype(DType::F64)?;
     let states = model.answer_states(prompts)?;
+    with_logits(model, states, offload_id)
+}
+
+/// The states at every position of `answers[i]` after `prompts[i]` (each predicts the token after
+/// an answer token: where a later offload would happen).
+pub fn continuation_states(
+    model: &TrainableModel,
+    prompts: &[Vec<u32>],
+    answers: &[Vec<u32>],
+    offload_id: u32,
+) -> Result<Vec<AnswerState>> {
+    let mut states = Vec::new();
+    for (prompt, answer) in prompts.iter().zip(answers) {
+        if answer.is_empty() {
+            continue;
+        }
+        let ids: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+        let ids = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?;
+        let hidden = model
+            .final_hidden(&ids)?
+            .detach()
+            .squeeze(0)?
+            .narrow(0, prompt.len(), answer.len())?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        states.extend(hidden);
+    }
+    with_logits(model, states, offload_id)
+}
+
+fn with_logits(
+    model: &TrainableModel,
+    states: Vec<Vec<f64>>,
+    offload_id: u32,
+) -> Result<Vec<AnswerState>> {
+    let head = model.head().as_tensor().to_dtype(DType::F64)?;
     states
         .into_iter()
         .map(|hidden| {
@@ -75,18 +116,24 @@ pub struct FoldReport {
     pub offload_share: f64,
     /// Share of fitting prompts where the folded model and the probe decide alike.
     pub agreement: f64,
+    /// Share of later answer positions where the fitted row would still offload.
+    pub later_offload_share: f64,
+    pub later_positions: usize,
 }
 
 /// The fitted row for `states` (see the module comment). `margin`: the offload-logit margin, in
 /// logits, of a prompt whose probe margin is the median one.
+/// `later`: states along the model's answers, where the row must stay `margin` below the best
+/// token.
 pub fn fit_offload_row(
     states: &[AnswerState],
+    later: &[AnswerState],
     probe: &ProbeRouter,
     margin: f64,
 ) -> Result<(Vec<f64>, FoldReport)> {
     let n = states.len();
     let d = probe.hidden_size;
-    if n == 0 || states.iter().any(|s| s.hidden.len() != d) {
+    if n == 0 || states.iter().chain(later).any(|s| s.hidden.len() != d) {
         return Err(TrainError::InvalidSettings(format!(
             "folding the router needs prompts with hidden states of size {d}"
         )));
@@ -100,22 +147,29 @@ pub fn fit_offload_row(
     abs.sort_by(f64::total_cmp);
     let median = abs[n / 2].max(1e-12);
     let kappa = margin / median;
-    let target: Vec<f64> = states
+    let mut rows: Vec<(&[f64], f64, f64)> = states
         .iter()
         .zip(&probe_margin)
-        .map(|(s, m)| s.max_other + kappa * m)
+        .map(|(s, m)| (s.hidden.as_slice(), s.max_other + kappa * m, 1.0))
         .collect();
+    // The later positions together weigh as much as the first-token ones.
+    let later_weight = n as f64 / later.len().max(1) as f64;
+    rows.extend(
+        later
+            .iter()
+            .map(|s| (s.hidden.as_slice(), s.max_other - margin, later_weight)),
+    );
 
-    // Ridge: (H^T H + mu I) r = H^T target, mu a small fraction of the mean diagonal so the system
-    // is well posed when there are fewer prompts than dimensions.
+    // Weighted ridge: (H^T W H + mu I) r = H^T W target, mu a small fraction of the mean diagonal
+    // so the system is well posed when there are fewer rows than dimensions.
     let mut gram = vec![0.0; d * d];
     let mut rhs = vec![0.0; d];
-    for (s, t) in states.iter().zip(&target) {
-        let h = &s.hidden;
+    for &(h, t, w) in &rows {
         for i in 0..d {
-            rhs[i] += h[i] * t;
+            let wh = w * h[i];
+            rhs[i] += wh * t;
             for j in 0..=i {
-                gram[i * d + j] += h[i] * h[j];
+                gram[i * d + j] += wh * h[j];
             }
         }
     }
@@ -162,27 +216,36 @@ pub fn fit_offload_row(
         .map(|s| dot(&row, &s.hidden) > s.max_other)
         .collect();
     let agree = offloads.iter().zip(&wants).filter(|(a, b)| a == b).count();
+    let later_offloads = later
+        .iter()
+        .filter(|s| dot(&row, &s.hidden) > s.max_other)
+        .count();
     let report = FoldReport {
         prompts: n,
         probe_share: k as f64 / n as f64,
         offload_share: offloads.iter().filter(|&&o| o).count() as f64 / n as f64,
         agreement: agree as f64 / n as f64,
+        later_offload_share: later_offloads as f64 / later.len().max(1) as f64,
+        later_positions: later.len(),
     };
     Ok((row, report))
 }
 
 /// Fits the offload row of `model` (which already has the token, at `offload_id`) to `probe` on
-/// `prompts` and writes it into the head (with a tied head, also the token's embedding row, which
-/// no prompt reads).
+/// `prompts`, kept below the best token along `answers` (the model's greedy answers to them,
+/// token ids, possibly empty), and writes it into the head (with a tied head, also the token's
+/// embedding row, which no prompt reads).
 pub fn fold_router(
     model: &TrainableModel,
     prompts: &[Vec<u32>],
+    answers: &[Vec<u32>],
     offload_id: u32,
     probe: &ProbeRouter,
     margin: f64,
 ) -> Result<FoldReport> {
     let states = answer_states(model, prompts, offload_id)?;
-    let (row, report) = fit_offload_row(&states, probe, margin)?;
+    let later = continuation_states(model, prompts, answers, offload_id)?;
+    let (row, report) = fit_offload_row(&states, &later, probe, margin)?;
     let tensor = Tensor::from_vec(row, probe.hidden_size, model.device())?;
     model.set_head_row(offload_id, &tensor)?;
     Ok(report)

@@ -9,11 +9,14 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use selfroute_core::{GenerationParams, ModelPackage, SamplingParams};
 use selfroute_engine::{BackendChoice, EngineOptions, load_engine};
+use selfroute_train::curve::{Curve, CurvePoint};
 use selfroute_train::eval::cloud::{EvalCloud, SimulatedCloudClient};
-use selfroute_train::eval::report::{RunLabels, markdown, summarize};
+use selfroute_train::eval::report::{
+    MARKDOWN_HEADER, RunLabels, Summary, markdown, markdown_row, summarize,
+};
 use selfroute_train::eval::{EvalConfig, Policy, ProblemRecord, evaluate, random_decisions};
 use selfroute_train::model::TrainableModel;
-use selfroute_train::router::{ProbeRouter, probe_decisions, sha256_hex};
+use selfroute_train::router::{ProbeRouter, sha256_hex};
 use selfroute_train::tasks::{JsonlTask, Problem, Split, Task, parse_task};
 use selfroute_train::train::prompt_ids;
 
@@ -89,7 +92,12 @@ pub struct EvalArgs {
     /// The method's name in the table (default: from the route).
     #[arg(long)]
     method: Option<String>,
-    /// Folder for summary.md, summary.json and problems.jsonl.
+    /// Evaluate once per value and write OUT/curve.json (with all-local and all-cloud references)
+    /// and OUT/sweep.md: the offload bias (--route token), the share (random) or the threshold
+    /// (probe). The cap still applies: pass --budget 1 for the whole curve.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    sweep: Option<Vec<f64>>,
+    /// Folder for summary.md, summary.json and problems.jsonl (or curve.json with --sweep).
     #[arg(long, default_value = "runs/eval")]
     out: PathBuf,
 }
@@ -119,78 +127,227 @@ fn problems(args: &EvalArgs, task: &dyn Task) -> Result<Vec<Problem>> {
     }
 }
 
+/// What every run of one invocation shares.
+struct Setup {
+    bytes: Vec<u8>,
+    model_name: String,
+    task: Box<dyn Task>,
+    problems: Vec<Problem>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// How a route decides, read once (a probe's scores need a forward pass per prompt), so a sweep
+/// only changes the knob.
+enum Decider {
+    Token,
+    Local,
+    Cloud,
+    Random,
+    /// The probe's scores and its calibrated threshold.
+    Probe {
+        scores: Vec<f64>,
+        threshold: f64,
+    },
+}
+
+impl Decider {
+    /// The policy at `setting` (offload bias, random share or probe threshold; None: the flags').
+    fn policy(&self, args: &EvalArgs, n: usize, setting: Option<f64>) -> Result<(Policy, String)> {
+        Ok(match self {
+            Self::Token => {
+                let bias = setting.map_or(args.offload_bias, |s| s as f32);
+                (
+                    Policy::Token { offload_bias: bias },
+                    format!("self-routing (<|offload|>, bias {bias})"),
+                )
+            }
+            Self::Local => (Policy::Local, "local only".to_string()),
+            Self::Cloud => (Policy::Cloud, "cloud only".to_string()),
+            Self::Random => {
+                let share = setting.unwrap_or(args.share.unwrap_or(args.budget));
+                (
+                    Policy::Decided(random_decisions(n, share, args.seed)?),
+                    format!("random offload {:.0}%", 100.0 * share),
+                )
+            }
+            Self::Probe { scores, threshold } => {
+                let t = setting.unwrap_or(*threshold);
+                (
+                    Policy::Decided(scores.iter().map(|s| *s > t).collect()),
+                    if setting.is_some() {
+                        format!("probe router (threshold {t:.3})")
+                    } else {
+                        "probe router".to_string()
+                    },
+                )
+            }
+        })
+    }
+
+    /// The series name in curve.json.
+    fn series(&self) -> &'static str {
+        match self {
+            Self::Token => "selfroute",
+            Self::Local => "local",
+            Self::Cloud => "cloud",
+            Self::Random => "random",
+            Self::Probe { .. } => "router",
+        }
+    }
+}
+
 pub fn run(args: EvalArgs) -> Result<()> {
     prepare_output_dir(&args.out)?;
-    // One runtime for the engine's load and the whole run: an HTTP cloud client needs tokio.
+    // One runtime for the engine's loads and the whole run: an HTTP cloud client needs tokio.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let bytes =
         std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let sha256 = sha256_hex(&bytes);
     let model_name = args
         .model
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| args.model.display().to_string());
-    let mut package = ModelPackage::from_gguf(args.model.display().to_string(), bytes)?;
-    let template = package
-        .chat_template
-        .take()
-        .context("the model has no chat template")?;
     let task = parse_task(&args.task)?;
     let problems = problems(&args, task.as_ref())?;
     if problems.is_empty() {
         bail!("no problems to evaluate");
     }
-    let n = problems.len();
-
-    let (policy, method) = match args.route {
-        RouteArg::Token => (
-            Policy::Token {
-                offload_bias: args.offload_bias,
-            },
-            format!("self-routing (<|offload|>, bias {})", args.offload_bias),
-        ),
-        RouteArg::Local => (Policy::Local, "local only".to_string()),
-        RouteArg::Cloud => (Policy::Cloud, "cloud only".to_string()),
-        RouteArg::Random => {
-            let share = args.share.unwrap_or(args.budget);
-            (
-                Policy::Decided(random_decisions(n, share, args.seed)?),
-                format!("random offload {:.0}%", 100.0 * share),
-            )
-        }
-        RouteArg::Probe => {
-            let path = args
-                .router
-                .as_ref()
-                .context("--route probe needs --router PATH")?;
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let probe = ProbeRouter::from_json(&path.display().to_string(), &text)?;
-            probe.check_model(package.config.hidden_size, &sha256)?;
-            let model = TrainableModel::from_weights(
-                &package.config,
-                package.weights.as_ref(),
-                DType::F32,
-                &Device::Cpu,
-            )?;
-            let prompts = problems
-                .iter()
-                .map(|p| prompt_ids(&template, &package.tokenizer, task.as_ref(), p))
-                .collect::<selfroute_train::Result<Vec<_>>>()?;
-            eprintln!("reading the answer-position state of {n} prompts for the probe ...");
-            (
-                Policy::Decided(probe_decisions(&model, &probe, &prompts)?),
-                "probe router".to_string(),
-            )
-        }
+    let setup = Setup {
+        bytes,
+        model_name,
+        task,
+        problems,
+        runtime,
     };
-    let method = args.method.clone().unwrap_or(method);
+    let decider = match args.route {
+        RouteArg::Token => Decider::Token,
+        RouteArg::Local => Decider::Local,
+        RouteArg::Cloud => Decider::Cloud,
+        RouteArg::Random => Decider::Random,
+        RouteArg::Probe => probe_decider(&args, &setup)?,
+    };
+    let n = setup.problems.len();
+    let Some(settings) = &args.sweep else {
+        let (policy, method) = decider.policy(&args, n, None)?;
+        let method = args.method.clone().unwrap_or(method);
+        let (summary, records) = run_once(&args, &setup, &policy, &method)?;
+        let mut lines = std::fs::File::create(args.out.join("problems.jsonl"))
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        for r in &records {
+            writeln!(lines, "{}", serde_json::to_string(r)?)?;
+        }
+        std::fs::write(
+            args.out.join("summary.json"),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )?;
+        let table = markdown(&summary);
+        std::fs::write(args.out.join("summary.md"), &table)?;
+        println!("{table}");
+        eprintln!("wrote {}", args.out.display());
+        return Ok(());
+    };
 
-    let cloud = if policy == Policy::Local {
+    // A sweep: the references (all local, all cloud) and one run per setting, as curve.json.
+    let mut summaries = Vec::new();
+    let (local, _) = run_once(&args, &setup, &Policy::Local, "local only")?;
+    let (cloud, _) = run_once(&args, &setup, &Policy::Cloud, "cloud only")?;
+    let mut points = Vec::new();
+    for &setting in settings {
+        let (policy, method) = decider.policy(&args, n, Some(setting))?;
+        let (summary, _) = run_once(&args, &setup, &policy, &method)?;
+        points.push(CurvePoint {
+            method: args
+                .method
+                .clone()
+                .unwrap_or_else(|| decider.series().to_string()),
+            setting,
+            cloud_share: summary.cloud_call_ratio,
+            accuracy: summary.accuracy,
+        });
+        summaries.push(summary);
+    }
+    let curve = Curve {
+        points,
+        local_accuracy: local.accuracy,
+        cloud_accuracy: cloud.accuracy,
+    };
+    curve.write(&args.out.join("curve.json"))?;
+    let mut table = String::from(MARKDOWN_HEADER);
+    for s in std::iter::once(&local)
+        .chain(std::iter::once(&cloud))
+        .chain(&summaries)
+    {
+        table.push_str(&markdown_row(s));
+    }
+    std::fs::write(args.out.join("sweep.md"), &table)?;
+    std::fs::write(
+        args.out.join("sweep.json"),
+        serde_json::to_string_pretty(&summaries)? + "\n",
+    )?;
+    println!("{table}");
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// The probe's scores on the evaluated prompts, read with the trainer's model of the same file.
+fn probe_decider(args: &EvalArgs, setup: &Setup) -> Result<Decider> {
+    let path = args
+        .router
+        .as_ref()
+        .context("--route probe needs --router PATH")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let probe = ProbeRouter::from_json(&path.display().to_string(), &text)?;
+    let package = ModelPackage::from_gguf(args.model.display().to_string(), setup.bytes.clone())?;
+    probe.check_model(package.config.hidden_size, &sha256_hex(&setup.bytes))?;
+    let template = package
+        .chat_template
+        .as_ref()
+        .context("the model has no chat template")?;
+    let model = TrainableModel::from_weights(
+        &package.config,
+        package.weights.as_ref(),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let prompts = setup
+        .problems
+        .iter()
+        .map(|p| prompt_ids(template, &package.tokenizer, setup.task.as_ref(), p))
+        .collect::<selfroute_train::Result<Vec<_>>>()?;
+    eprintln!(
+        "reading the answer-position state of {} prompts for the probe ...",
+        prompts.len()
+    );
+    let scores = model
+        .answer_states(&prompts)?
+        .iter()
+        .map(|h| probe.score(h))
+        .collect();
+    Ok(Decider::Probe {
+        scores,
+        threshold: probe.threshold,
+    })
+}
+
+/// One evaluation of `policy` over the problems, from a fresh engine and cloud.
+fn run_once(
+    args: &EvalArgs,
+    setup: &Setup,
+    policy: &Policy,
+    method: &str,
+) -> Result<(Summary, Vec<ProblemRecord>)> {
+    let n = setup.problems.len();
+    let mut package =
+        ModelPackage::from_gguf(args.model.display().to_string(), setup.bytes.clone())?;
+    let template = package
+        .chat_template
+        .take()
+        .context("the model has no chat template")?;
+    let cloud = if *policy == Policy::Local {
         None
     } else if let Some(acc) = args.cloud.strip_prefix("simulated:") {
         let accuracy: f64 = acc
@@ -200,7 +357,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             accuracy,
             args.seed,
             parse_task(&args.task)?,
-            &problems,
+            &setup.problems,
         )?)))
     } else {
         let mut config = selfroute_cloud::CloudConfig::new(&args.cloud);
@@ -216,8 +373,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .as_ref()
         .map(EvalCloud::describe)
         .unwrap_or_else(|| "none".into());
-
-    let (engine, selection) = runtime.block_on(load_engine(
+    let (engine, selection) = setup.runtime.block_on(load_engine(
         &package.config,
         package.weights,
         &EngineOptions {
@@ -226,7 +382,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         },
     ))?;
     let config = EvalConfig {
-        budget: if policy == Policy::Cloud {
+        budget: if *policy == Policy::Cloud {
             1.0
         } else {
             args.budget
@@ -243,50 +399,37 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cloud_max_tokens: Some(args.cloud_max_tokens),
     };
     eprintln!(
-        "evaluating {model_name} on {n} {} problems ({method}; {cloud_name}; {}; at most {} cloud calls)",
-        task.name(),
+        "evaluating {} on {n} {} problems ({method}; {cloud_name}; {}; at most {} cloud calls)",
+        setup.model_name,
+        setup.task.name(),
         selection.reason,
         max_calls(config.budget, n)
     );
     let progress = EvalProgress::new(n);
-    let records = runtime.block_on(evaluate(
+    let records = setup.runtime.block_on(evaluate(
         engine,
         package.tokenizer,
         template,
         cloud,
-        task.as_ref(),
-        &problems,
-        &policy,
+        setup.task.as_ref(),
+        &setup.problems,
+        policy,
         &config,
         |r| progress.problem(r),
     ))?;
     progress.finish();
-
     let summary = summarize(
         &records,
         &RunLabels {
-            method: &method,
-            model: &model_name,
-            task: task.name(),
+            method,
+            model: &setup.model_name,
+            task: setup.task.name(),
             cloud: &cloud_name,
             budget: config.budget,
             max_cloud_calls: max_calls(config.budget, n),
         },
     );
-    let mut lines = std::fs::File::create(args.out.join("problems.jsonl"))
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    for r in &records {
-        writeln!(lines, "{}", serde_json::to_string(r)?)?;
-    }
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)? + "\n",
-    )?;
-    let table = markdown(&summary);
-    std::fs::write(args.out.join("summary.md"), &table)?;
-    println!("{table}");
-    eprintln!("wrote {}", args.out.display());
-    Ok(())
+    Ok((summary, records))
 }
 
 /// The cap for `budget` over `n` problems, as the Assistant's budget computes it.

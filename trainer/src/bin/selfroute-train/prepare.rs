@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use selfroute_core::{ModelPackage, OFFLOAD_TOKEN, OffloadSignal};
+use selfroute_engine::{BackendChoice, EngineOptions, load_engine};
+use selfroute_train::eval::greedy_answer_ids;
 use selfroute_train::export::{AddedToken, ExportType, gguf_bytes, write_atomically};
 use selfroute_train::model::TrainableModel;
 use selfroute_train::prepare::{add_offload_token, add_routed_offload_token};
@@ -51,6 +53,9 @@ pub struct PrepareArgs {
     /// With --router: the offload logit's margin (logits) at the median probe margin.
     #[arg(long, default_value_t = 4.0)]
     margin: f64,
+    /// With --router: tokens of the model's greedy answers along which the row must not offload.
+    #[arg(long, default_value_t = 48)]
+    answer_tokens: usize,
 }
 
 pub fn run(args: PrepareArgs) -> Result<()> {
@@ -65,7 +70,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             let bytes = std::fs::read(&args.model)
                 .with_context(|| format!("reading {}", args.model.display()))?;
             probe.check_model(package.config.hidden_size, &sha256_hex(&bytes))?;
-            Some(probe)
+            Some((probe, bytes))
         }
         None => None,
     };
@@ -90,10 +95,51 @@ pub fn run(args: PrepareArgs) -> Result<()> {
         prompts.len(),
         task.name()
     );
-    if let Some(probe) = &probe {
+    if let Some((probe, bytes)) = &probe {
         let started = std::time::Instant::now();
-        let (id, report) =
-            add_routed_offload_token(&mut model, &package.tokenizer, &prompts, probe, args.margin)?;
+        // The model's own greedy answers, through the engine eval uses.
+        let mut base = ModelPackage::from_gguf(args.model.display().to_string(), bytes.clone())?;
+        let base_template = base
+            .chat_template
+            .take()
+            .context("the model has no chat template")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .context("starting the async runtime")?;
+        let answers = runtime.block_on(async {
+            let (engine, _) = load_engine(
+                &base.config,
+                base.weights,
+                &EngineOptions {
+                    choice: BackendChoice::Cpu,
+                    ..EngineOptions::default()
+                },
+            )
+            .await?;
+            anyhow::Ok(
+                greedy_answer_ids(
+                    engine,
+                    base.tokenizer,
+                    base_template,
+                    task.as_ref(),
+                    &problems,
+                    args.answer_tokens,
+                )
+                .await?,
+            )
+        })?;
+        eprintln!(
+            "greedy answers in {:.1} s; fitting the row ...",
+            started.elapsed().as_secs_f64()
+        );
+        let (id, report) = add_routed_offload_token(
+            &mut model,
+            &package.tokenizer,
+            &prompts,
+            &answers,
+            probe,
+            args.margin,
+        )?;
         let bytes = gguf_bytes(&model, &source, &added_token(), format)?;
         write_atomically(&args.out, &bytes)?;
         let fitted_s = started.elapsed().as_secs_f64();
@@ -113,12 +159,15 @@ pub fn run(args: PrepareArgs) -> Result<()> {
             .count();
         println!(
             "{OFFLOAD_TOKEN} is token {id}; folded the probe in {fitted_s:.1} s: it sends {:.1}% of \
-             the {} prompts out, the fitted row {:.1}% (agreement {:.1}%); in the written file \
-             greedy decoding offloads {:.1}% at the first token and agrees with the probe on {:.1}%",
+             the {} prompts out, the fitted row {:.1}% (agreement {:.1}%) and {:.1}% of {} later \
+             answer positions; in the written file greedy decoding offloads {:.1}% at the first \
+             token and agrees with the probe on {:.1}%",
             100.0 * report.probe_share,
             report.prompts,
             100.0 * report.offload_share,
             100.0 * report.agreement,
+            100.0 * report.later_offload_share,
+            report.later_positions,
             100.0 * offloads as f64 / states.len() as f64,
             100.0 * agree as f64 / states.len() as f64,
         );
