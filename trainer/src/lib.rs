@@ -11,6 +11,8 @@ pub mod export;
 pub mod hidden;
 pub mod model;
 pub mod optim;
+#[cfg(feature = "plot")]
+pub mod plot;
 pub mod prepare;
 pub mod rollout;
 pub mod router;
