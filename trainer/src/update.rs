@@ -179,11 +179,15 @@ pub fn accumulate_group(
     for part in responses.chunks(chunk) {
         let tokens: Vec<&[u32]> = part.iter().map(|(t, _)| *t).collect();
         let weights: Vec<f64> = part.iter().map(|(_, w)| *w).collect();
-        let log_probs = response_log_probs(model, prompt, &tokens, &config.scoring)?;
-        let weights =
-            Tensor::from_vec(weights, part.len(), model.device())?.to_dtype(model.dtype())?;
-        let loss = (log_probs * weights)?.sum_all()?.neg()?;
-        add_grads(model, total, loss.backward()?)?;
+        let grads = {
+            let log_probs = response_log_probs(model, prompt, &tokens, &config.scoring)?;
+            let weights =
+                Tensor::from_vec(weights, part.len(), model.device())?.to_dtype(model.dtype())?;
+            let loss = (log_probs * weights)?.sum_all()?.neg()?;
+            loss.backward()?
+        };
+        // The pass's graph (its activations) is freed here, before the sum allocates.
+        add_grads(model, total, grads)?;
     }
     Ok(())
 }
