@@ -78,35 +78,54 @@ pub fn continuation_states(
     with_logits(model, states, offload_id)
 }
 
+/// The largest other logit and the offload logit for each state. All states of a call go through
+/// the head as one matrix product, in the model's dtype: a matrix-vector product per state over a
+/// 49k-token head was most of the fold's time on SmolLM2.
 fn with_logits(
     model: &TrainableModel,
     states: Vec<Vec<f64>>,
     offload_id: u32,
 ) -> Result<Vec<AnswerState>> {
-    let head = model.head().as_tensor().to_dtype(DType::F64)?;
-    states
-        .into_iter()
-        .map(|hidden| {
-            let h = Tensor::new(hidden.as_slice(), model.device())?.unsqueeze(1)?;
-            let logits = head.matmul(&h)?.squeeze(1)?.to_vec1::<f64>()?;
-            let max_other = logits
+    let Some(d) = states.first().map(Vec::len) else {
+        return Ok(Vec::new());
+    };
+    let head = model.head().as_tensor();
+    let mut out = Vec::with_capacity(states.len());
+    // Chunks bound the [rows, vocab] logits buffer.
+    for chunk in states.chunks(256) {
+        let flat: Vec<f64> = chunk.iter().flatten().copied().collect();
+        let h = Tensor::from_vec(flat, (chunk.len(), d), model.device())?.to_dtype(head.dtype())?;
+        let logits = h
+            .matmul(&head.t()?)?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        for (hidden, row) in chunk.iter().zip(logits) {
+            let max_other = row
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != offload_id as usize)
                 .map(|(_, l)| *l)
                 .fold(f64::NEG_INFINITY, f64::max);
-            let offload = logits
+            let offload = row
                 .get(offload_id as usize)
                 .copied()
                 .unwrap_or(f64::NEG_INFINITY);
-            Ok(AnswerState {
-                hidden,
+            out.push(AnswerState {
+                hidden: hidden.clone(),
                 max_other,
                 offload,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(out)
 }
+
+/// Later positions are kept this many `margin`s below the best token: an answer has tens of them,
+/// each a chance to offload by mistake on a prompt the fit never saw, against one first token.
+const LATER_MARGINS: f64 = 2.0;
+/// Ridge strength as a share of the mean diagonal of the normal equations: enough to keep the row
+/// from fitting the fitting prompts' noise (a large row fires on unseen answers).
+const RIDGE: f64 = 1e-3;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FoldReport {
@@ -154,11 +173,13 @@ pub fn fit_offload_row(
         .collect();
     // The later positions together weigh as much as the first-token ones.
     let later_weight = n as f64 / later.len().max(1) as f64;
-    rows.extend(
-        later
-            .iter()
-            .map(|s| (s.hidden.as_slice(), s.max_other - margin, later_weight)),
-    );
+    rows.extend(later.iter().map(|s| {
+        (
+            s.hidden.as_slice(),
+            s.max_other - LATER_MARGINS * margin,
+            later_weight,
+        )
+    }));
 
     // Weighted ridge: (H^T W H + mu I) r = H^T W target, mu a small fraction of the mean diagonal
     // so the system is well posed when there are fewer rows than dimensions.
@@ -174,7 +195,7 @@ pub fn fit_offload_row(
         }
     }
     let trace: f64 = (0..d).map(|i| gram[i * d + i]).sum();
-    let mu = 1e-4 * trace / d as f64 + 1e-12;
+    let mu = RIDGE * trace / d as f64 + 1e-12;
     for i in 0..d {
         gram[i * d + i] += mu;
         for j in 0..i {
