@@ -1,7 +1,10 @@
-//! `models/selfroute-demo.gguf`: the default model with the `<|offload|>` token added and its row
-//! fitted by `selfroute-train prepare`, so the browser demo has a model that can hand questions to
-//! the cloud. Rebuilt only when an input changes: a stamp beside it records the input model's
-//! SHA-256, the prepare arguments and a hash of the trainer sources that shape the output.
+//! `models/selfroute-demo.gguf`: the default model with the `<|offload|>` token added, so the
+//! browser demo has a model that can hand questions to the cloud. `selfroute-train router` fits a
+//! prompt router (a probe on the model's answer-position state predicting its own wrong answers,
+//! 30% sent out), and `selfroute-train prepare --router` folds it into the token's head row: the
+//! model offloads, at its first answer token, the arithmetic it would likely get wrong. Rebuilt
+//! only when an input changes: a stamp beside it records the input model's SHA-256, the router
+//! and prepare arguments and a hash of the trainer sources that shape the output.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,23 +24,50 @@ const PREPARE_ARGS: &[&str] = &[
     "--task",
     "arith:1-4",
     "--prompts",
-    "32",
-    "--target-rate",
-    "0.15",
+    "128",
+    "--answer-tokens",
+    "48",
+    "--margin",
+    "4",
     "--type",
     "q8_0",
     "--seed",
     "0",
 ];
 
+/// The router's labels come from the same training problems prepare folds on (same task, count
+/// and seed), answered greedily as the demo will.
+const ROUTER_ARGS: &[&str] = &[
+    "--task",
+    "arith:1-4",
+    "--problems",
+    "128",
+    "--max-new-tokens",
+    "48",
+    "--budget",
+    "0.3",
+    "--seed",
+    "0",
+];
+
+/// The router file, kept beside the model (it names the base model's SHA-256).
+const ROUTER_FILE: &str = "models/selfroute-demo.router.json";
+
 /// The trainer code the prepared file depends on: the command, the token fit, the forward pass
 /// it fits through, and the GGUF writer.
 const TRAINER_SOURCES: &[&str] = &[
     "trainer/src/bin/selfroute-train/prepare.rs",
+    "trainer/src/bin/selfroute-train/router.rs",
     "trainer/src/prepare.rs",
     "trainer/src/warmup.rs",
     "trainer/src/model.rs",
+    "trainer/src/hidden.rs",
     "trainer/src/export.rs",
+    "trainer/src/eval/mod.rs",
+    "trainer/src/router/mod.rs",
+    "trainer/src/router/probe.rs",
+    "trainer/src/router/fold.rs",
+    "trainer/src/router/linalg.rs",
 ];
 
 /// Which build of the trainer runs prepare.
@@ -64,6 +94,7 @@ pub fn ensure(root: &Path, base: &Path, build: TrainerBuild) -> Result<DemoModel
     let stamp_path = path.with_extension("gguf.stamp");
     let inputs = json!({
         "input_sha256": fetch_model::SHA256,
+        "router_args": ROUTER_ARGS,
         "prepare_args": PREPARE_ARGS,
         "trainer_sources_sha256": sources_hash(root)?,
     });
@@ -72,16 +103,33 @@ pub fn ensure(root: &Path, base: &Path, build: TrainerBuild) -> Result<DemoModel
         return Ok(model);
     }
     let trainer = build_trainer(root, build)?;
+    // A stale stamp must not vouch for a half-written model if a step fails.
+    let _ = std::fs::remove_file(&stamp_path);
+    let router = root.join(ROUTER_FILE);
     step(&format!(
-        "making the demo model {DEMO_MODEL}: adding <|offload|> to {} and fitting its row (selfroute-train prepare {})",
+        "making the demo model {DEMO_MODEL}: a prompt router for {} (selfroute-train router {})",
         base.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("the model"),
+        ROUTER_ARGS.join(" ")
+    ));
+    setup::timed("selfroute-train router", || {
+        setup::run(
+            Command::new(&trainer)
+                .arg("router")
+                .arg("--model")
+                .arg(base)
+                .arg("--out")
+                .arg(&router)
+                .args(ROUTER_ARGS)
+                .current_dir(root),
+        )
+    })?;
+    step(&format!(
+        "adding <|offload|> with the router folded into its row (selfroute-train prepare --router {ROUTER_FILE} {})",
         PREPARE_ARGS.join(" ")
     ));
-    // A stale stamp must not vouch for a half-written model if prepare fails.
-    let _ = std::fs::remove_file(&stamp_path);
-    setup::timed("selfroute-train prepare", || {
+    setup::timed("selfroute-train prepare --router", || {
         setup::run(
             Command::new(&trainer)
                 .arg("prepare")
@@ -89,6 +137,8 @@ pub fn ensure(root: &Path, base: &Path, build: TrainerBuild) -> Result<DemoModel
                 .arg(base)
                 .arg("--out")
                 .arg(&path)
+                .arg("--router")
+                .arg(&router)
                 .args(PREPARE_ARGS)
                 .current_dir(root),
         )
