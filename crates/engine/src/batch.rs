@@ -123,6 +123,10 @@ pub enum Flow {
 /// event on (a channel send).
 pub trait TokenSink: Send {
     fn send(&mut self, event: SequenceEvent) -> Flow;
+
+    /// Called once when the request leaves the queue for a place in the batch, before its
+    /// prompt runs: how a server measures queueing apart from prefill. Nothing by default.
+    fn admitted(&mut self) {}
 }
 
 impl<F: FnMut(SequenceEvent) -> Flow + Send> TokenSink for F {
@@ -344,6 +348,7 @@ impl<B: BatchBackend> Scheduler<B> {
                     continue;
                 }
             };
+            sink.admitted();
             self.running.push(Running {
                 seq,
                 prompt_len: request.prompt.len(),

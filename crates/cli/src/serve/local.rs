@@ -1,7 +1,9 @@
-//! The local backend: one worker thread owns the model and answers queued requests in order, so
-//! concurrent requests wait their turn instead of being dropped. Tokens travel to the HTTP side
-//! over a channel; a client that goes away stops its generation. A request for `n` choices is
-//! answered one choice after another (each reuses the prompt's cached keys and values).
+//! The local backend. On the CPU engine every choice of every request is a sequence of one
+//! continuous batch (see `batched`): concurrent requests share each forward pass. On the GPU
+//! engine (or with `--no-batch`) one worker thread owns the model and answers queued requests in
+//! order, one choice after another (each reuses the prompt's cached keys and values). Either
+//! way tokens travel to the HTTP side over a channel, a full queue is a 503, and a client that
+//! goes away stops its generation.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, stream};
+use selfroute_core::backend::BatchBackend;
 use selfroute_core::logprobs::token_text_and_bytes;
 use selfroute_core::offload::mask_offload;
 use selfroute_core::openai::{
@@ -23,10 +26,11 @@ use selfroute_core::{
     ChatTemplate, Control, Error as CoreError, FinishReason, GenerationParams, Generator,
     OffloadSignal, Role, TokenLogprobs, Tokenizer,
 };
-use selfroute_engine::Engine;
+use selfroute_engine::{BatchOptions, BatchWorker, Engine, SequenceHandle};
 use tokio::sync::mpsc;
 
 use super::api::{Limits, RequestId, api_error_response, error_response};
+use super::batched::{ChoiceSink, RequestState, at_ms, sequence_request};
 use super::params::{LocalRequest, generation_params};
 use crate::load::LoadedModel;
 
@@ -40,7 +44,7 @@ struct Job {
     events: mpsc::UnboundedSender<JobEvent>,
 }
 
-enum JobEvent {
+pub enum JobEvent {
     /// New text of one choice, with the log-probs of the token it came with (when asked for).
     Text {
         choice: u32,
@@ -55,14 +59,19 @@ enum JobEvent {
     Failed(String),
 }
 
-struct Done {
-    finish: FinishReason,
-    prompt_tokens: usize,
+pub struct Done {
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
     /// Over all choices.
-    completion_tokens: usize,
-    queue_ms: f64,
+    pub completion_tokens: usize,
+    /// From arrival to a place in the batch (or the worker); None if it never got one.
+    pub queue_ms: Option<f64>,
     /// From arrival to the first token, queueing included.
-    first_token_ms: Option<f64>,
+    pub first_token_ms: Option<f64>,
+    /// When the first token came and when the request ended, in ms since the server started:
+    /// lines up requests in the log (which ones overlapped, which waited).
+    pub first_token_at_ms: Option<f64>,
+    pub done_at_ms: f64,
 }
 
 impl Done {
@@ -74,7 +83,7 @@ impl Done {
         }
     }
 
-    fn log(&self, request_id: &str, stream: bool, client_left: bool) {
+    pub fn log(&self, request_id: &str, stream: bool, client_left: bool) {
         tracing::info!(
             request_id,
             stream,
@@ -83,14 +92,30 @@ impl Done {
             completion_tokens = self.completion_tokens,
             queue_ms = self.queue_ms,
             first_token_ms = self.first_token_ms,
+            first_token_at_ms = self.first_token_at_ms,
+            done_at_ms = self.done_at_ms,
             finish = finish_text(self.finish),
             "completion done"
         );
     }
 }
 
+/// How requests reach the model.
+enum Mode {
+    /// One request at a time, in arrival order (the GPU engine, or `--no-batch`).
+    Sequential {
+        jobs: mpsc::Sender<Job>,
+        queued: Arc<AtomicUsize>,
+    },
+    /// Every choice a sequence of the engine's continuous batch (the CPU engine).
+    Batched {
+        worker: BatchWorker,
+        max_queue: usize,
+    },
+}
+
 pub struct LocalEngine {
-    jobs: mpsc::Sender<Job>,
+    mode: Mode,
     tokenizer: Arc<Tokenizer>,
     template: Arc<ChatTemplate>,
     /// As a cloud, the model answers: its offload token (if any) is masked.
@@ -98,11 +123,18 @@ pub struct LocalEngine {
     context: usize,
     vocab: usize,
     model_id: String,
-    queued: Arc<AtomicUsize>,
+    /// The server's clock: the log's `*_at_ms` count from here.
+    epoch: Instant,
 }
 
 impl LocalEngine {
-    pub fn start(loaded: LoadedModel, max_queue: usize) -> Result<Self> {
+    /// Starts the model's thread: a batch of up to `batch.max_sequences` sequences when given
+    /// and the engine can hold several (the CPU engine), else one request at a time.
+    pub fn start(
+        mut loaded: LoadedModel,
+        max_queue: usize,
+        batch: Option<BatchOptions>,
+    ) -> Result<Self> {
         let template = loaded
             .chat_template
             .with_context(|| format!("{} has no chat template", loaded.path.display()))?;
@@ -115,30 +147,61 @@ impl LocalEngine {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "selfroute".into());
-        let (jobs, receiver) = mpsc::channel::<Job>(max_queue.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let worker_tokenizer = tokenizer.clone();
-        let worker_queued = queued.clone();
-        std::thread::Builder::new()
-            .name("selfroute-model".into())
-            .spawn(move || {
-                work(
-                    Generator::new(loaded.model),
-                    &worker_tokenizer,
-                    receiver,
-                    &worker_queued,
-                )
-            })
-            .context("starting the model thread")?;
+        let epoch = Instant::now();
+        // Asking for a sequence is how the engine says whether it batches: the GPU engine
+        // answers Unsupported and keeps the one-at-a-time worker.
+        let batch = batch.filter(|_| match BatchBackend::new_sequence(&mut loaded.model) {
+            Ok(seq) => {
+                BatchBackend::drop_sequence(&mut loaded.model, seq);
+                true
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "answering one request at a time");
+                false
+            }
+        });
+        let mode = match batch {
+            Some(options) => {
+                tracing::info!(
+                    max_sequences = options.max_sequences,
+                    prefill_chunk = options.prefill_chunk,
+                    "continuous batching"
+                );
+                Mode::Batched {
+                    worker: BatchWorker::spawn(loaded.model, options)
+                        .context("starting the batch thread")?,
+                    max_queue,
+                }
+            }
+            None => {
+                let (jobs, receiver) = mpsc::channel::<Job>(max_queue.max(1));
+                let queued = Arc::new(AtomicUsize::new(0));
+                let worker_tokenizer = tokenizer.clone();
+                let worker_queued = queued.clone();
+                std::thread::Builder::new()
+                    .name("selfroute-model".into())
+                    .spawn(move || {
+                        work(
+                            Generator::new(loaded.model),
+                            &worker_tokenizer,
+                            receiver,
+                            &worker_queued,
+                            epoch,
+                        )
+                    })
+                    .context("starting the model thread")?;
+                Mode::Sequential { jobs, queued }
+            }
+        };
         Ok(Self {
-            jobs,
+            mode,
             tokenizer,
             template: Arc::new(template),
             base_bias,
             context: loaded.config.context_length,
             vocab: loaded.config.vocab_size,
             model_id,
-            queued,
+            epoch,
         })
     }
 
@@ -146,8 +209,12 @@ impl LocalEngine {
         &self.model_id
     }
 
+    /// Requests (with the batch: choices) waiting for the model.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        match &self.mode {
+            Mode::Sequential { queued, .. } => queued.load(Ordering::Relaxed),
+            Mode::Batched { worker, .. } => worker.queued(),
+        }
     }
 
     /// Width of the model's logits: the bound on `logit_bias` token ids.
@@ -192,30 +259,70 @@ impl LocalEngine {
                 ),
             );
         }
-        let params = (0..choices)
+        let params: Vec<GenerationParams> = (0..choices)
             .map(|i| generation_params(&request, limits, &self.base_bias, i))
             .collect();
         let (events, receiver) = mpsc::unbounded_channel();
-        let job = Job {
-            id: id.clone(),
-            stream: request.stream,
-            prompt,
-            params,
-            queued_at: Instant::now(),
-            events,
-        };
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        if self.jobs.try_send(job).is_err() {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            let mut response = api_error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ApiError::new("the request queue is full; retry shortly", "server_busy")
-                    .with_code("server_busy"),
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            return response;
+        let queued_at = Instant::now();
+        // Kept by the response for as long as it wants tokens: dropped with it (the client
+        // left), they cancel their sequences.
+        let mut handles = Vec::new();
+        match &self.mode {
+            Mode::Sequential { jobs, queued } => {
+                let job = Job {
+                    id: id.clone(),
+                    stream: request.stream,
+                    prompt,
+                    params,
+                    queued_at,
+                    events,
+                };
+                queued.fetch_add(1, Ordering::Relaxed);
+                if jobs.try_send(job).is_err() {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    return queue_full();
+                }
+            }
+            Mode::Batched { worker, max_queue } => {
+                if worker.queued() >= *max_queue {
+                    return queue_full();
+                }
+                let state = RequestState::shared(
+                    id.clone(),
+                    request.stream,
+                    events,
+                    queued_at,
+                    self.epoch,
+                    choices,
+                    prompt.len(),
+                );
+                for (index, params) in params.iter().enumerate() {
+                    let submitted =
+                        sequence_request(&prompt, params, &self.tokenizer, self.context)
+                            .map_err(|e| e.to_string())
+                            .and_then(|sequence| {
+                                let sink = ChoiceSink::new(
+                                    index as u32,
+                                    self.tokenizer.clone(),
+                                    &params.stop,
+                                    state.clone(),
+                                );
+                                worker.submit(sequence, sink).map_err(|e| e.to_string())
+                            });
+                    match submitted {
+                        Ok(handle) => handles.push(handle),
+                        Err(message) => {
+                            // The choices already submitted are cancelled with `handles`.
+                            tracing::error!(request_id = %id.0, error = %message, "generation failed");
+                            return error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "server_error",
+                                message,
+                            );
+                        }
+                    }
+                }
+            }
         }
         let meta = ResponseMeta {
             id: format!("chatcmpl-{}", id.0),
@@ -228,15 +335,27 @@ impl LocalEngine {
             logprobs: request.logprobs == Some(true),
         };
         if request.stream {
-            stream_response(meta, receiver)
+            stream_response(meta, receiver, handles)
         } else {
-            collect_response(meta, receiver).await
+            collect_response(meta, receiver, handles).await
         }
     }
 }
 
+fn queue_full() -> Response {
+    let mut response = api_error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::new("the request queue is full; retry shortly", "server_busy")
+            .with_code("server_busy"),
+    );
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
+}
+
 /// One token's log-probs as OpenAI writes them.
-fn logprob_entry(tokenizer: &Tokenizer, logprobs: &TokenLogprobs) -> LogprobEntry {
+pub fn logprob_entry(tokenizer: &Tokenizer, logprobs: &TokenLogprobs) -> LogprobEntry {
     let (token, bytes) = token_text_and_bytes(tokenizer, logprobs.chosen.id);
     LogprobEntry {
         token,
@@ -263,6 +382,7 @@ fn work(
     tokenizer: &Tokenizer,
     mut jobs: mpsc::Receiver<Job>,
     queued: &AtomicUsize,
+    epoch: Instant,
 ) {
     while let Some(job) = jobs.blocking_recv() {
         queued.fetch_sub(1, Ordering::Relaxed);
@@ -323,8 +443,10 @@ fn work(
                     finish,
                     prompt_tokens,
                     completion_tokens,
-                    queue_ms,
+                    queue_ms: Some(queue_ms),
                     first_token_ms: first_token.map(|t| (t - job.queued_at).as_secs_f64() * 1e3),
+                    first_token_at_ms: first_token.map(|t| at_ms(epoch, t)),
+                    done_at_ms: at_ms(epoch, Instant::now()),
                 };
                 // Logged here so that abandoned requests are logged too.
                 done.log(&job.id.0, job.stream, job.events.is_closed());
@@ -383,7 +505,11 @@ fn choice_chunk(
     )
 }
 
-fn stream_response(meta: ResponseMeta, receiver: mpsc::UnboundedReceiver<JobEvent>) -> Response {
+fn stream_response(
+    meta: ResponseMeta,
+    receiver: mpsc::UnboundedReceiver<JobEvent>,
+    handles: Vec<SequenceHandle>,
+) -> Response {
     let meta = Arc::new(meta);
     // Every choice opens with its role, as OpenAI streams it.
     let first: Vec<Result<Event, Infallible>> = (0..meta.choices)
@@ -400,8 +526,10 @@ fn stream_response(meta: ResponseMeta, receiver: mpsc::UnboundedReceiver<JobEven
             ))
         })
         .collect();
-    let events = stream::unfold(receiver, |mut rx| async move {
-        rx.recv().await.map(|event| (event, rx))
+    // The handles live in the stream's state: when the client goes away, axum drops the stream
+    // and with it the handles, which cancels the sequences before their next step.
+    let events = stream::unfold((receiver, handles), |(mut rx, handles)| async move {
+        rx.recv().await.map(|event| (event, (rx, handles)))
     })
     .map(move |event| {
         let items: Vec<Event> = match event {
@@ -452,6 +580,8 @@ fn stream_response(meta: ResponseMeta, receiver: mpsc::UnboundedReceiver<JobEven
 async fn collect_response(
     meta: ResponseMeta,
     mut receiver: mpsc::UnboundedReceiver<JobEvent>,
+    // Held until the answer is complete; dropped with this future if the client leaves.
+    _handles: Vec<SequenceHandle>,
 ) -> Response {
     let mut choices: Vec<Choice> = (0..meta.choices)
         .map(|index| Choice {

@@ -3,6 +3,7 @@
 //! page can use a real cloud without ever seeing the key.
 
 mod api;
+mod batched;
 mod local;
 mod params;
 mod static_files;
@@ -90,14 +91,29 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: u32,
 
-    /// Largest `n` (answers per request) the local model gives; they are generated one after
-    /// another.
+    /// Largest `n` (answers per request) the local model gives; with batching they are
+    /// generated together, else one after another.
     #[arg(long, default_value_t = 8)]
     pub max_choices: u32,
 
-    /// Requests waiting for the local model beyond this many are refused with 503.
+    /// Requests waiting for the local model beyond this many are refused with 503 (with
+    /// batching: sequences waiting for a place in the batch, one per choice).
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
+
+    /// Sequences (one per choice of each request) the CPU engine decodes together in one
+    /// forward pass; later ones wait for a place.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_batch: usize,
+
+    /// Prompt tokens read per batch step, over all joining requests: a long prompt then delays
+    /// the others' next token by one chunk, not by the whole prompt.
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    pub prefill_chunk: usize,
+
+    /// Answer one request at a time even on the CPU engine (the GPU engine always does).
+    #[arg(long)]
+    pub no_batch: bool,
 
     /// Log one JSON object per line instead of text.
     #[arg(long)]
@@ -153,7 +169,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 load_ms = loaded.load_ms as u64,
                 "model loaded"
             );
-            Backend::Local(local::LocalEngine::start(loaded, args.max_queue)?)
+            if args.max_batch == 0 || args.prefill_chunk == 0 {
+                bail!("--max-batch and --prefill-chunk must be at least 1");
+            }
+            let batch = (!args.no_batch).then_some(selfroute_engine::BatchOptions {
+                max_sequences: args.max_batch,
+                prefill_chunk: args.prefill_chunk,
+            });
+            Backend::Local(local::LocalEngine::start(loaded, args.max_queue, batch)?)
         }
     };
     let state = Arc::new(AppState::new(backend, limits, required_key));
