@@ -1,6 +1,7 @@
 //! `cargo xtask bench cpu`: selfroute's candle engine and llama.cpp, same GGUF, same prompt ids,
 //! same thread counts, in one run; prints both and the ratio. `cargo xtask bench serve`: the
-//! same for the OpenAI-compatible servers under 1, 8 and 16 concurrent streaming clients
+//! same for the OpenAI-compatible servers under 1, 8 and 16 concurrent streaming clients, ours
+//! batched and with `--no-batch` (one request at a time)
 //! (`--selfroute-only` for ours alone). llama.cpp is built from PyPI
 //! (`llama-cpp-python`) into a venv on first use, 15-20 minutes on 2 cores: the bench's cost.
 
@@ -153,11 +154,18 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
         ]))
     };
 
-    step("starting selfroute serve (2 threads)");
-    let ours = {
+    // Batched (the default) and one request at a time (`--no-batch`), one after the other in the
+    // same run, so a shared machine's load falls on both alike.
+    let run_ours = |extra: &[&str]| -> Result<Vec<Value>> {
+        step(&format!(
+            "starting selfroute serve (2 threads) {}",
+            extra.join(" ")
+        ));
         let mut server = Child(
             Command::new(root.join("target/release/selfroute"))
-                .args(["serve", "--port", "0", "--threads", "2", "--model"])
+                .args(["serve", "--port", "0", "--threads", "2"])
+                .args(extra)
+                .arg("--model")
                 .arg(&model)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -175,8 +183,10 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
         LOAD_CLIENTS
             .iter()
             .map(|&clients| run_load(&base, clients))
-            .collect::<Result<Vec<_>>>()?
+            .collect::<Result<Vec<_>>>()
     };
+    let ours = run_ours(&[])?;
+    let one_at_a_time = run_ours(&["--no-batch"])?;
 
     let peer = match &python {
         Some(python) => {
@@ -219,6 +229,7 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
 
     for (i, clients) in LOAD_CLIENTS.iter().enumerate() {
         let ours = &ours[i];
+        let single = &one_at_a_time[i];
         let peer = peer.as_ref().and_then(|p| p.get(i));
         println!(
             "\n`selfroute serve`{}: SmolLM2-135M-Instruct Q4_1, 2 threads, {clients} concurrent streaming client(s), {LOAD_SECONDS} s, max_tokens {LOAD_MAX_TOKENS}",
@@ -228,8 +239,12 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
                 ""
             }
         );
-        println!("| figure                 | selfroute | llama.cpp | ratio |");
-        println!("|------------------------|-----------|-----------|-------|");
+        println!(
+            "| figure                 | selfroute | --no-batch | batch gain | llama.cpp | ratio |"
+        );
+        println!(
+            "|------------------------|-----------|------------|------------|-----------|-------|"
+        );
         for (key, label, higher_is_better) in [
             ("tok_s", "throughput (tok/s)", true),
             ("req_s", "requests/s", true),
@@ -238,17 +253,28 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
             ("latency_p50_ms", "latency p50 (ms)", false),
         ] {
             let a = field(ours, key)?;
+            let s = field(single, key)?;
+            // Ratios are "times better": for times, theirs over ours.
+            let better = |a: f64, b: f64| if higher_is_better { a / b } else { b / a };
+            let gain = better(a, s);
             match peer {
                 Some(peer) => {
                     let b = field(peer, key)?;
-                    // Ratios are "times better": for times, theirs over ours.
-                    let ratio = if higher_is_better { a / b } else { b / a };
-                    println!("| {label:<22} | {a:>9.1} | {b:>9.1} | {ratio:>4.2}x |");
+                    let ratio = better(a, b);
+                    println!(
+                        "| {label:<22} | {a:>9.1} | {s:>10.1} | {gain:>9.2}x | {b:>9.1} | {ratio:>4.2}x |"
+                    );
                 }
-                None => println!("| {label:<22} | {a:>9.1} |         - |     - |"),
+                None => println!(
+                    "| {label:<22} | {a:>9.1} | {s:>10.1} | {gain:>9.2}x |         - |     - |"
+                ),
             }
         }
-        for (name, v) in [("selfroute", Some(ours)), ("llama.cpp", peer)] {
+        for (name, v) in [
+            ("selfroute", Some(ours)),
+            ("selfroute --no-batch", Some(single)),
+            ("llama.cpp", peer),
+        ] {
             if let Some(v) = v {
                 println!(
                     "{name}: {} requests completed, {} lost",
@@ -258,7 +284,7 @@ pub fn serve(root: &Path, args: &[&str]) -> Result<()> {
             }
         }
     }
-    for v in &ours {
+    for v in ours.iter().chain(&one_at_a_time) {
         if field(v, "lost")? > 0.0 || field(v, "completed")? < 1.0 {
             bail!("selfroute serve lost requests: {v}");
         }
