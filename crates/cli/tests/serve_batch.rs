@@ -39,15 +39,8 @@ async fn streamed_text(url: &str, id: &str, content: &str, max_tokens: u32) -> S
     text
 }
 
-/// Opens a stream and reads it until `events` chunks with text have arrived; the caller decides
-/// when to drop it (the client leaving).
-async fn stream_until_text(
-    url: &str,
-    id: &str,
-    content: &str,
-    max_tokens: u32,
-    events: usize,
-) -> impl Sized {
+/// Opens a stream: once the headers are here, the server has queued the request.
+async fn open_stream(url: &str, id: &str, content: &str, max_tokens: u32) -> TextStream {
     let r = reqwest::Client::new()
         .post(url)
         .header("x-request-id", id)
@@ -56,14 +49,21 @@ async fn stream_until_text(
         .await
         .expect("sent");
     assert_eq!(r.status(), 200, "{id}");
-    let mut stream = Box::pin(r.bytes_stream());
+    Box::pin(r.bytes_stream().map(|b| b.map(|b| b.to_vec())))
+}
+
+type TextStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Vec<u8>>>>>;
+
+/// Reads until `events` chunks with text have arrived; the caller decides when to drop the
+/// stream (the client leaving).
+async fn read_text_chunks(stream: &mut TextStream, events: usize) {
     let mut parser = SseParser::new();
     let mut seen = 0;
     while seen < events {
         let bytes = stream
             .next()
             .await
-            .unwrap_or_else(|| panic!("{id} ended before {events} text chunks"))
+            .unwrap_or_else(|| panic!("the stream ended before {events} text chunks"))
             .expect("bytes");
         for event in parser.feed(&bytes).expect("valid SSE") {
             if let StreamItem::Chunk(chunk) = parse_stream_data(&event.data).expect("chunk")
@@ -73,7 +73,6 @@ async fn stream_until_text(
             }
         }
     }
-    stream
 }
 
 fn done_lines(log: &str) -> std::collections::HashMap<String, Value> {
@@ -103,12 +102,15 @@ async fn concurrent_clients_share_the_batch_and_each_gets_its_lone_greedy_text()
     assert!(alone.iter().all(|t| !t.is_empty()), "{alone:?}");
 
     // A long answer in flight: every request below starts while it runs, if the server batches.
-    let long = stream_until_text(
+    let mut long = open_stream(&url, "long", "Write a very long story about a dragon.", 400).await;
+    read_text_chunks(&mut long, 1).await;
+    // A client that leaves after two pieces of text. Queued before the others, it gets a place
+    // at once, beside the first of them: its leaving must not disturb them.
+    let mut leaver = open_stream(
         &url,
-        "long",
-        "Write a very long story about a dragon.",
+        "leaver",
+        "Write a very long poem about the moon.",
         400,
-        1,
     )
     .await;
     let tasks: Vec<_> = PROMPTS
@@ -121,15 +123,7 @@ async fn concurrent_clients_share_the_batch_and_each_gets_its_lone_greedy_text()
             })
         })
         .collect();
-    // One more client that leaves after two pieces of text, while the others are generating.
-    let leaver = stream_until_text(
-        &url,
-        "leaver",
-        "Write a very long poem about the moon.",
-        400,
-        2,
-    )
-    .await;
+    read_text_chunks(&mut leaver, 2).await;
     drop(leaver);
     let mut together = Vec::new();
     for t in tasks {
@@ -198,8 +192,9 @@ async fn every_parameter_gives_the_same_answer_batched_and_one_at_a_time() {
         }),
         serde_json::json!({
             "model": "any",
-            "messages": [{"role": "user", "content": "Count from one to twenty."}],
-            "max_tokens": 40, "stop": ["five", "\n\n"],
+            "messages": [{"role": "user", "content": "Name the days of the week."}],
+            // Spans three tokens (" Thursday", ",", " Friday"): held back, then cut.
+            "max_tokens": 40, "stop": ["day, Fri", "\n\n"],
         }),
         serde_json::json!({
             "model": "any",
@@ -250,6 +245,14 @@ async fn every_parameter_gives_the_same_answer_batched_and_one_at_a_time() {
         };
         let a = answer(&batched).await;
         let b = answer(&sequential).await;
+        if request.get("stop").is_some() {
+            let text = &a["choices"][0]["message"]["content"];
+            assert_eq!(a["choices"][0]["finish_reason"], "stop", "{text}");
+            assert!(
+                text.as_str().is_some_and(|t| t.ends_with("Thurs")),
+                "{text}"
+            );
+        }
         assert!(
             same(&a, &b),
             "batched vs one at a time for {request}:\n{a}\n{b}"
