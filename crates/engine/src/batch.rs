@@ -310,7 +310,10 @@ impl<B: BatchBackend> Scheduler<B> {
         self.leave();
     }
 
-    fn admit(&mut self) {
+    /// Moves waiting requests into free places (also the first thing [`Scheduler::step`] does):
+    /// a caller that counts its queue calls it before the step, so a request stops counting as
+    /// queued when it gets its place, not after the step's forward passes.
+    pub fn admit(&mut self) {
         let context = self.backend.batch_config().context_length;
         while self.running.len() < self.options.max_sequences {
             let Some(Waiting { submission }) = self.waiting.pop_front() else {

@@ -119,9 +119,13 @@ fn run<B: BatchBackend>(
         while let Ok(s) = receiver.try_recv() {
             scheduler.submit(s);
         }
+        // Admitted before the step runs (its prefill can take a while), so `queued()` does not
+        // count a request that already has its place: a server refusing on a full queue would
+        // otherwise refuse while nothing waits.
         let before = scheduler.waiting();
-        scheduler.step();
+        scheduler.admit();
         let admitted = before.saturating_sub(scheduler.waiting());
         queued.fetch_sub(admitted, Ordering::Relaxed);
+        scheduler.step();
     }
 }
