@@ -91,6 +91,9 @@ pub fn run(root: &Path, model: &Path, selfroute: &Path) -> Result<()> {
             "cpu",
             "--threads",
             "2",
+            // One sequence in flight and one waiting: the 503 check then needs no timing luck.
+            "--max-batch",
+            "1",
             "--max-queue",
             "1",
             "--max-choices",
