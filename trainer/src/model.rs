@@ -12,17 +12,19 @@ use selfroute_core::{ModelConfig, RopeLayout, WeightKey, WeightSource};
 
 use crate::error::{Result, TrainError};
 
-struct LayerVars {
-    attn_norm: Var,
-    q: Var,
-    k: Var,
-    v: Var,
-    o: Var,
-    qkv_bias: Option<(Var, Var, Var)>,
-    ffn_norm: Var,
-    gate: Var,
-    up: Var,
-    down: Var,
+/// One decoder layer's variables (read directly by the no-grad rollout engine,
+/// `crate::rollout::fast`, which shares their storage and so always sees the current weights).
+pub(crate) struct LayerVars {
+    pub(crate) attn_norm: Var,
+    pub(crate) q: Var,
+    pub(crate) k: Var,
+    pub(crate) v: Var,
+    pub(crate) o: Var,
+    pub(crate) qkv_bias: Option<(Var, Var, Var)>,
+    pub(crate) ffn_norm: Var,
+    pub(crate) gate: Var,
+    pub(crate) up: Var,
+    pub(crate) down: Var,
 }
 
 pub struct TrainableModel {
@@ -181,6 +183,16 @@ impl TrainableModel {
     /// The output head `[vocab, hidden]` (the embedding when tied).
     pub fn head(&self) -> &Var {
         self.output.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// The decoder layers, for the rollout engine.
+    pub(crate) fn layers(&self) -> &[LayerVars] {
+        &self.layers
+    }
+
+    /// The final RMSNorm weight, for the rollout engine.
+    pub(crate) fn output_norm(&self) -> &Var {
+        &self.output_norm
     }
 
     /// Appends one token to the vocabulary: a new embedding row (and output-head row when the
@@ -344,7 +356,7 @@ fn linear(x: &Tensor, w: &Var) -> Result<Tensor> {
 }
 
 /// x / sqrt(mean(x^2) + eps) * w, from differentiable ops.
-fn rms_norm(x: &Tensor, w: &Var, eps: f64) -> Result<Tensor> {
+pub(crate) fn rms_norm(x: &Tensor, w: &Var, eps: f64) -> Result<Tensor> {
     let inv = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w.as_tensor())?)
 }

@@ -11,6 +11,8 @@ use selfroute_core::{
 use crate::error::{Result, TrainError};
 use crate::model::{KvCache, TrainableModel};
 
+pub mod fast;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutConfig {
     /// Responses per prompt (G).
@@ -46,6 +48,17 @@ impl Sample {
     }
 }
 
+/// Which forward pass generates the rollouts (`train --rollout-engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RolloutEngine {
+    /// The trainable model's own cached forward, one prompt's group at a time (the reference).
+    Trainable,
+    /// [`fast`]: every prompt's group decoded together by a no-grad forward over the same
+    /// weights. Falls back to the trainable path for models it cannot run (f64, GPU).
+    #[default]
+    Fast,
+}
+
 /// One sequence while it is being generated.
 struct Running {
     sampler: Sampler,
@@ -54,6 +67,83 @@ struct Running {
     detector: OffloadDetector,
     sample: Sample,
     done: bool,
+}
+
+/// What every sampled token passes through, whichever engine produced its logits.
+struct Picking<'a> {
+    tokenizer: &'a Tokenizer,
+    stop_tokens: &'a [u32],
+    masked: &'a [u32],
+    temperature: f32,
+}
+
+impl Running {
+    fn new(signal: &OffloadSignal, prompt: &[u32], temperature: f32, seed: u64) -> Result<Self> {
+        Ok(Self {
+            sampler: Sampler::new(SamplingParams {
+                temperature,
+                seed,
+                ..SamplingParams::default()
+            })?,
+            history: prompt.to_vec(),
+            stream: TextStream::new(),
+            detector: OffloadDetector::new(signal),
+            sample: Sample {
+                tokens: Vec::new(),
+                text: String::new(),
+                end: SampleEnd::Length,
+                entropy_sum: 0.0,
+            },
+            done: false,
+        })
+    }
+
+    /// Samples the next token from `row` (this sequence's logits), records it and decides
+    /// whether the sequence has ended.
+    fn advance(&mut self, row: &mut [f32], picking: &Picking<'_>) -> Result<u32> {
+        for &id in picking.masked {
+            if let Some(l) = row.get_mut(id as usize) {
+                // The sampler drops NaN logits from its candidates, so the token is never
+                // picked (an -inf one could still be the fallback of its walk on rounding).
+                *l = f32::NAN;
+            }
+        }
+        self.sample.entropy_sum += entropy(row, picking.temperature);
+        let token = self.sampler.sample(row, &self.history)?;
+        self.history.push(token);
+        self.sample.tokens.push(token);
+        if picking.stop_tokens.contains(&token) {
+            self.sample.end = SampleEnd::Stop;
+            self.done = true;
+            return Ok(token);
+        }
+        let text = self
+            .stream
+            .push(picking.tokenizer, token)?
+            .unwrap_or_default();
+        match self.detector.push(token, &text) {
+            Detection::Continue { visible } => self.sample.text.push_str(&visible),
+            Detection::Offload { reason, visible } => {
+                self.sample.text.push_str(&visible);
+                self.sample.end = SampleEnd::Offload(reason);
+                self.done = true;
+            }
+        }
+        Ok(token)
+    }
+
+    /// The sample, with any text still held back flushed (a sequence cut by the token limit).
+    fn finish(mut self, tokenizer: &Tokenizer) -> Result<Sample> {
+        if !self.done {
+            let held = self.stream.finish(tokenizer)?.unwrap_or_default();
+            let last = self.sample.tokens.last().copied().unwrap_or_default();
+            if let Detection::Continue { visible } = self.detector.push(last, &held) {
+                self.sample.text.push_str(&visible);
+            }
+            self.sample.text.push_str(&self.detector.finish());
+        }
+        Ok(self.sample)
+    }
 }
 
 /// Whether a prompt of `prompt_len` tokens leaves room for `max_new_tokens` in a context of
@@ -74,19 +164,8 @@ pub fn rollout_group(
     rollout_group_masked(model, tokenizer, signal, prompt, config, &[], seed)
 }
 
-/// [`rollout_group`] with the tokens `masked` never sampled (`train --no-offload` masks the
-/// offload token): they leave the distribution before sampling, and so the entropy.
-pub fn rollout_group_masked(
-    model: &TrainableModel,
-    tokenizer: &Tokenizer,
-    signal: &OffloadSignal,
-    prompt: &[u32],
-    config: &RolloutConfig,
-    masked: &[u32],
-    seed: u64,
-) -> Result<Vec<Sample>> {
-    let g = config.group;
-    if g == 0 || prompt.is_empty() {
+fn check_rollout(model: &TrainableModel, prompt: &[u32], config: &RolloutConfig) -> Result<()> {
+    if config.group == 0 || prompt.is_empty() {
         return Err(TrainError::InvalidSettings(
             "a rollout needs a prompt and at least one sample".into(),
         ));
@@ -99,27 +178,38 @@ pub fn rollout_group_masked(
             config.max_new_tokens
         )));
     }
+    Ok(())
+}
+
+/// [`rollout_group`] with the tokens `masked` never sampled (`train --no-offload` masks the
+/// offload token): they leave the distribution before sampling, and so the entropy.
+pub fn rollout_group_masked(
+    model: &TrainableModel,
+    tokenizer: &Tokenizer,
+    signal: &OffloadSignal,
+    prompt: &[u32],
+    config: &RolloutConfig,
+    masked: &[u32],
+    seed: u64,
+) -> Result<Vec<Sample>> {
+    check_rollout(model, prompt, config)?;
+    let g = config.group;
     let device = model.device();
     let stop_tokens = tokenizer.stop_token_ids().to_vec();
+    let picking = Picking {
+        tokenizer,
+        stop_tokens: &stop_tokens,
+        masked,
+        temperature: config.temperature,
+    };
     let mut seqs = (0..g)
-        .map(|i| -> Result<Running> {
-            Ok(Running {
-                sampler: Sampler::new(SamplingParams {
-                    temperature: config.temperature,
-                    seed: seed.wrapping_add(i as u64),
-                    ..SamplingParams::default()
-                })?,
-                history: prompt.to_vec(),
-                stream: TextStream::new(),
-                detector: OffloadDetector::new(signal),
-                sample: Sample {
-                    tokens: Vec::new(),
-                    text: String::new(),
-                    end: SampleEnd::Length,
-                    entropy_sum: 0.0,
-                },
-                done: false,
-            })
+        .map(|i| {
+            Running::new(
+                signal,
+                prompt,
+                config.temperature,
+                seed.wrapping_add(i as u64),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
 
@@ -141,32 +231,7 @@ pub fn rollout_group_masked(
                 next.push(*seq.history.last().unwrap_or(&0));
                 continue;
             }
-            for &id in masked {
-                if let Some(l) = row.get_mut(id as usize) {
-                    // The sampler drops NaN logits from its candidates, so the token is never
-                    // picked (an -inf one could still be the fallback of its walk on rounding).
-                    *l = f32::NAN;
-                }
-            }
-            seq.sample.entropy_sum += entropy(row, config.temperature);
-            let token = seq.sampler.sample(row, &seq.history)?;
-            seq.history.push(token);
-            seq.sample.tokens.push(token);
-            next.push(token);
-            if stop_tokens.contains(&token) {
-                seq.sample.end = SampleEnd::Stop;
-                seq.done = true;
-                continue;
-            }
-            let text = seq.stream.push(tokenizer, token)?.unwrap_or_default();
-            match seq.detector.push(token, &text) {
-                Detection::Continue { visible } => seq.sample.text.push_str(&visible),
-                Detection::Offload { reason, visible } => {
-                    seq.sample.text.push_str(&visible);
-                    seq.sample.end = SampleEnd::Offload(reason);
-                    seq.done = true;
-                }
-            }
+            next.push(seq.advance(row, &picking)?);
         }
         if seqs.iter().all(|s| s.done) || step + 1 == config.max_new_tokens {
             break;
@@ -178,17 +243,171 @@ pub fn rollout_group_masked(
             .to_dtype(candle_core::DType::F32)?;
         rows = logits.to_vec2::<f32>()?;
     }
-    for seq in &mut seqs {
-        if !seq.done {
-            let held = seq.stream.finish(tokenizer)?.unwrap_or_default();
-            let last = seq.sample.tokens.last().copied().unwrap_or_default();
-            if let Detection::Continue { visible } = seq.detector.push(last, &held) {
-                seq.sample.text.push_str(&visible);
+    seqs.into_iter().map(|s| s.finish(tokenizer)).collect()
+}
+
+/// The rollouts of several prompts at once: `config.group` samples of each, sample i of prompt
+/// p seeded with `seeds[p] + i` (as [`rollout_group_masked`] seeds them, so either engine draws
+/// the same tokens from the same logits). With [`RolloutEngine::Fast`] every sample of every
+/// prompt is a row of one forward per step.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_groups(
+    engine: RolloutEngine,
+    model: &TrainableModel,
+    tokenizer: &Tokenizer,
+    signal: &OffloadSignal,
+    prompts: &[&[u32]],
+    config: &RolloutConfig,
+    masked: &[u32],
+    seeds: &[u64],
+) -> Result<Vec<Vec<Sample>>> {
+    if prompts.len() != seeds.len() {
+        return Err(TrainError::InvalidSettings(format!(
+            "{} prompts with {} seeds",
+            prompts.len(),
+            seeds.len()
+        )));
+    }
+    if engine == RolloutEngine::Trainable || !fast::supports(model) {
+        return prompts
+            .iter()
+            .zip(seeds)
+            .map(|(prompt, &seed)| {
+                rollout_group_masked(model, tokenizer, signal, prompt, config, masked, seed)
+            })
+            .collect();
+    }
+    for prompt in prompts {
+        check_rollout(model, prompt, config)?;
+    }
+    let g = config.group;
+    let stop_tokens = tokenizer.stop_token_ids().to_vec();
+    let picking = Picking {
+        tokenizer,
+        stop_tokens: &stop_tokens,
+        masked,
+        temperature: config.temperature,
+    };
+    let mut decoder = fast::FastDecoder::new(model)?;
+    // Row p * g + i is sample i of prompt p; its decoder sequence has the same index.
+    let mut seqs = Vec::with_capacity(prompts.len() * g);
+    let mut rows: Vec<Vec<f32>> = Vec::with_capacity(prompts.len() * g);
+    for (prompt, &seed) in prompts.iter().zip(seeds) {
+        let capacity = prompt.len() + config.max_new_tokens;
+        let first = decoder.new_sequence(capacity);
+        let prefill: Vec<fast::Row> = prompt
+            .iter()
+            .enumerate()
+            .map(|(pos, &token)| fast::Row {
+                seq: first,
+                token,
+                pos,
+            })
+            .collect();
+        // The prompt is run once; the group's other samples start from a copy of its cache.
+        let last = decoder
+            .forward(&prefill, &[prompt.len() - 1])?
+            .pop()
+            .unwrap_or_default();
+        for i in 0..g {
+            if i > 0 {
+                decoder.fork(first, capacity)?;
             }
-            seq.sample.text.push_str(&seq.detector.finish());
+            rows.push(last.clone());
+            seqs.push(Running::new(
+                signal,
+                prompt,
+                config.temperature,
+                seed.wrapping_add(i as u64),
+            )?);
         }
     }
-    Ok(seqs.into_iter().map(|s| s.sample).collect())
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    for step in 0..config.max_new_tokens {
+        let picked = advance_all(&mut seqs, &mut rows, &picking, threads)?;
+        let mut batch = Vec::new();
+        for (id, (seq, token)) in seqs.iter().zip(picked).enumerate() {
+            let Some(token) = token else { continue };
+            if seq.done {
+                decoder.release(id);
+            } else {
+                batch.push(fast::Row {
+                    seq: id,
+                    token,
+                    pos: decoder.len(id),
+                });
+            }
+        }
+        // Finished rows leave the batch; the last step's logits would go unused.
+        if batch.is_empty() || step + 1 == config.max_new_tokens {
+            break;
+        }
+        let logits = decoder.forward(&batch, &(0..batch.len()).collect::<Vec<_>>())?;
+        for (row, values) in batch.iter().zip(logits) {
+            rows[row.seq] = values;
+        }
+    }
+    let mut samples = seqs
+        .into_iter()
+        .map(|s| s.finish(tokenizer))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter();
+    Ok(prompts
+        .iter()
+        .map(|_| samples.by_ref().take(g).collect())
+        .collect())
+}
+
+/// Samples the next token of every running sequence from its row of logits (None for those
+/// already done), the rows split across `threads`: a draw sorts the whole vocabulary, which at
+/// 32 rows of 49k logits is a good part of a step.
+fn advance_all(
+    seqs: &mut [Running],
+    rows: &mut [Vec<f32>],
+    picking: &Picking<'_>,
+    threads: usize,
+) -> Result<Vec<Option<u32>>> {
+    let advance = |seqs: &mut [Running], rows: &mut [Vec<f32>]| -> Result<Vec<Option<u32>>> {
+        seqs.iter_mut()
+            .zip(rows.iter_mut())
+            .map(|(seq, row)| {
+                if seq.done {
+                    Ok(None)
+                } else {
+                    seq.advance(row, picking).map(Some)
+                }
+            })
+            .collect()
+    };
+    let running = seqs.iter().filter(|s| !s.done).count();
+    // Each draw is a fraction of a millisecond; threads pay off only for several of them.
+    let threads = threads.min(running / 4).max(1);
+    if threads == 1 {
+        return advance(seqs, rows);
+    }
+    let per = seqs.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Option<u32>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = seqs
+            .chunks_mut(per)
+            .zip(rows.chunks_mut(per))
+            .map(|(seqs, rows)| s.spawn(|| advance(seqs, rows)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::InvalidSettings(
+                        "a sampling thread panicked".into(),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut picked = Vec::with_capacity(seqs.len());
+    for part in parts {
+        picked.extend(part?);
+    }
+    Ok(picked)
 }
 
 /// Entropy of softmax(logits / temperature), in nats (greedy: 0).

@@ -15,7 +15,7 @@ use crate::cloud::CloudOracle;
 use crate::error::{Result, TrainError};
 use crate::model::TrainableModel;
 use crate::optim::{AdamW, AdamWConfig};
-use crate::rollout::{RolloutConfig, Sample, fits_context, rollout_group_masked};
+use crate::rollout::{RolloutConfig, RolloutEngine, Sample, fits_context, rollout_groups};
 use crate::tasks::{Problem, Task, Verdict};
 use crate::update::{GroupResponses, PolicyGradient, Scoring, UpdateConfig, policy_gradient};
 
@@ -152,6 +152,7 @@ pub struct Trainer<'a> {
     cursor: usize,
     rng: SplitMix64,
     step: usize,
+    engine: RolloutEngine,
 }
 
 impl<'a> Trainer<'a> {
@@ -191,10 +192,17 @@ impl<'a> Trainer<'a> {
             problems,
             cursor: 0,
             step: 0,
+            engine: RolloutEngine::default(),
         };
         // Greedy rollouts and an empty micro-batch are refused before any work.
         trainer.update_config().validate()?;
         Ok(trainer)
+    }
+
+    /// Generates the rollouts with `engine` (default [`RolloutEngine::Fast`]).
+    pub fn with_rollout_engine(mut self, engine: RolloutEngine) -> Self {
+        self.engine = engine;
+        self
     }
 
     /// The chat prompt for a problem (see [`prompt_ids`]).
@@ -361,19 +369,23 @@ impl<'a> Trainer<'a> {
         // Longest first, so a step that runs out of memory does so at its first rollout.
         prompts.sort_by_key(|(_, ids)| std::cmp::Reverse(ids.len()));
 
+        // One seed per prompt, drawn in rollout order whichever engine runs them.
+        let seeds: Vec<u64> = prompts.iter().map(|_| self.rng.next_u64()).collect();
+        let ids: Vec<&[u32]> = prompts.iter().map(|(_, ids)| ids.as_slice()).collect();
+        let rolled = rollout_groups(
+            self.engine,
+            &self.model,
+            self.tokenizer,
+            &self.signal,
+            &ids,
+            &self.config.rollout,
+            &self.masked,
+            &seeds,
+        )?;
+        drop(ids);
         let mut groups = Vec::with_capacity(prompts.len());
         let mut verdicts = HashMap::new();
-        for (problem, ids) in prompts {
-            let seed = self.rng.next_u64();
-            let samples = rollout_group_masked(
-                &self.model,
-                self.tokenizer,
-                &self.signal,
-                &ids,
-                &self.config.rollout,
-                &self.masked,
-                seed,
-            )?;
+        for ((problem, ids), samples) in prompts.into_iter().zip(rolled) {
             groups.push(self.score_group(problem, ids, samples, &mut verdicts)?);
         }
         let rollout_s = started.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use selfroute_train::checkpoint::append_line;
 use selfroute_train::cloud::{CloudOracle, HttpCloud, SimulatedCloud};
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
-use selfroute_train::rollout::RolloutConfig;
+use selfroute_train::rollout::{RolloutConfig, RolloutEngine};
 use selfroute_train::tasks::{Split, parse_task};
 use selfroute_train::train::{OffloadMode, TrainConfig, Trainer};
 use selfroute_train::update::Scoring;
@@ -31,6 +31,12 @@ pub enum AlgoArg {
     /// The paper's collaboration-aware tuning baseline in one flag: Dr. GRPO with the
     /// hierarchical reward and no prompt filtering (--rho and --no-filter do not apply).
     CollabAware,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RolloutEngineArg {
+    Fast,
+    Trainable,
 }
 
 #[derive(Args)]
@@ -68,6 +74,11 @@ pub struct TrainArgs {
     /// temperature, so the update stays on-policy).
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
+    /// What generates the rollouts: fast (every prompt's G samples decoded together by a no-grad
+    /// forward over the trainable weights) or trainable (the model's own autograd forward, one
+    /// prompt at a time; the reference). Both sample from the same weights.
+    #[arg(long, value_enum, default_value = "fast")]
+    rollout_engine: RolloutEngineArg,
     /// Sequences per forward/backward pass of the update (default: a whole group at once).
     /// Gradients are summed over the passes: the same update in less memory.
     #[arg(long, value_name = "N")]
@@ -243,7 +254,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         cloud.as_mut(),
         problems,
         config,
-    )?;
+    )?
+    .with_rollout_engine(match args.rollout_engine {
+        RolloutEngineArg::Fast => RolloutEngine::Fast,
+        RolloutEngineArg::Trainable => RolloutEngine::Trainable,
+    });
     if args.resume {
         trainer
             .restore_checkpoint(&checkpoint_path)
