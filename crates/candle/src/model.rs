@@ -479,6 +479,10 @@ impl BatchBackend for CandleModel {
         CandleModel::drop_sequence(self, seq);
     }
 
+    fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> selfroute_core::Result<()> {
+        Ok(CandleModel::truncate_sequence(self, seq, len)?)
+    }
+
     fn prefill(
         &mut self,
         seq: SeqId,

@@ -127,6 +127,17 @@ pub trait BatchBackend {
     /// Forgets a sequence and frees its cache; an unknown id is ignored.
     fn drop_sequence(&mut self, seq: SeqId);
 
+    /// Keeps the first `len` positions of a sequence's cache, so a scheduler can reuse a finished
+    /// sequence's prompt prefix for a new request. Unsupported by default: a scheduler then
+    /// simply starts every sequence from an empty cache.
+    fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> Result<()> {
+        let _ = (seq, len);
+        Err(crate::Error::Backend(crate::BackendError::new(
+            crate::BackendErrorKind::Unsupported,
+            "this engine cannot truncate a sequence's cache",
+        )))
+    }
+
     /// Runs `tokens` of one sequence at `start_pos..` (a prompt, or a chunk of one) and returns
     /// the logits of the last position (one row).
     fn prefill(&mut self, seq: SeqId, tokens: &[u32], start_pos: usize) -> Result<Logits>;

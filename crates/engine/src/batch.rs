@@ -9,6 +9,13 @@
 //! so that a long prompt delays the others' next token by one chunk, not by the whole prompt; the
 //! sequences already decoding then take their step together (`BatchBackend::decode`).
 //!
+//! A finished sequence is parked rather than dropped: its cache and the token ids in it stay,
+//! and the next request whose prompt shares a prefix with it (a chat template's system prompt,
+//! a conversation's earlier turns) takes that cache over, cut back to the common prefix, and
+//! prefills only the rest. Parked caches count against `max_sequences` (running plus parked
+//! never exceed it, so memory is bounded exactly as without reuse), at most `MAX_PARKED` of
+//! them, and the least recently parked is dropped first when a new sequence needs the room.
+//!
 //! Each sequence picks its tokens through its own [`TokenPicker`] (core's [`Sampler`] by
 //! default, [`SamplerPicker`]), so penalties, logit bias and log-probabilities attach per
 //! request. [`crate::BatchWorker`] runs a scheduler on its own thread for a server or the
@@ -20,6 +27,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use selfroute_core::backend::{BatchBackend, BatchStep, SeqId};
 use selfroute_core::{FinishReason, Sampler};
+
+/// Finished sequences kept for prefix reuse at most: a few cover a server's handful of system
+/// prompts, and every one kept is a full cache held while idle.
+const MAX_PARKED: usize = 4;
+
+/// Shortest common prefix worth taking a parked cache over for: a match of a token or two (a
+/// BOS) saves nothing and would spend a cache that a later request may share far more with.
+const MIN_REUSED_PREFIX: usize = 4;
 
 /// How many sequences share a step and how much prompt runs between two steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,8 +199,14 @@ struct Running {
     /// Prompt, then every token picked; the last one is fed at the next step.
     tokens: Vec<u32>,
     prompt_len: usize,
-    /// Prompt tokens already in the cache.
+    /// Prompt tokens already in the cache (a reused prefix starts it above zero).
     prefilled: usize,
+    /// Positions in the cache: `tokens[..cached]` is what a parked copy may offer for reuse (the
+    /// last picked token is not fed until the next step).
+    cached: usize,
+    /// Whether the cache is known to hold exactly `tokens[..cached]`; an engine error leaves
+    /// that in doubt, so such a sequence is dropped, not parked.
+    reusable: bool,
     generated: usize,
     max_tokens: usize,
     stop_tokens: Vec<u32>,
@@ -214,6 +235,7 @@ impl Running {
             return;
         }
         self.ended = true;
+        self.reusable = false;
         self.sink.send(SequenceEvent::Failed(message));
     }
 
@@ -251,6 +273,19 @@ pub struct Scheduler<B: BatchBackend> {
     options: BatchOptions,
     waiting: VecDeque<Waiting>,
     running: Vec<Running>,
+    /// Finished sequences kept for prefix reuse, least recently parked first.
+    parked: VecDeque<Parked>,
+}
+
+/// A finished sequence's cache, which holds exactly `tokens`.
+struct Parked {
+    seq: SeqId,
+    tokens: Vec<u32>,
+}
+
+/// Length of the common prefix of `a` and `b`.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 impl<B: BatchBackend> Scheduler<B> {
@@ -263,6 +298,7 @@ impl<B: BatchBackend> Scheduler<B> {
             },
             waiting: VecDeque::new(),
             running: Vec::new(),
+            parked: VecDeque::new(),
         }
     }
 
@@ -286,12 +322,20 @@ impl<B: BatchBackend> Scheduler<B> {
         self.running.len()
     }
 
+    /// Finished sequences whose caches are kept for prefix reuse.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
-    /// Gives the backend back (after the last step).
-    pub fn into_backend(self) -> B {
+    /// Gives the backend back (after the last step), without the parked sequences' caches.
+    pub fn into_backend(mut self) -> B {
+        for p in self.parked.drain(..) {
+            self.backend.drop_sequence(p.seq);
+        }
         self.backend
     }
 
@@ -344,11 +388,24 @@ impl<B: BatchBackend> Scheduler<B> {
                 sink.send(finished(FinishReason::Length));
                 continue;
             }
-            let seq = match self.backend.new_sequence() {
-                Ok(seq) => seq,
-                Err(e) => {
-                    sink.send(SequenceEvent::Failed(e.to_string()));
-                    continue;
+            let (seq, reused) = match self.reuse(&request.prompt) {
+                Some(reused) => reused,
+                None => {
+                    // Parked caches give way first: running plus parked stay within
+                    // max_sequences.
+                    while self.running.len() + self.parked.len() >= self.options.max_sequences {
+                        match self.parked.pop_front() {
+                            Some(p) => self.backend.drop_sequence(p.seq),
+                            None => break,
+                        }
+                    }
+                    match self.backend.new_sequence() {
+                        Ok(seq) => (seq, 0),
+                        Err(e) => {
+                            sink.send(SequenceEvent::Failed(e.to_string()));
+                            continue;
+                        }
+                    }
                 }
             };
             sink.admitted();
@@ -356,7 +413,9 @@ impl<B: BatchBackend> Scheduler<B> {
                 seq,
                 prompt_len: request.prompt.len(),
                 tokens: request.prompt,
-                prefilled: 0,
+                prefilled: reused,
+                cached: reused,
+                reusable: true,
                 generated: 0,
                 max_tokens: request.max_tokens,
                 stop_tokens: request.stop_tokens,
@@ -365,6 +424,33 @@ impl<B: BatchBackend> Scheduler<B> {
                 cancel,
                 ended: false,
             });
+        }
+    }
+
+    /// Takes over the parked sequence sharing the longest prefix with `prompt` (at least
+    /// `MIN_REUSED_PREFIX` tokens), cut back to that prefix: its id and the positions kept. At
+    /// least the prompt's last token is left to run, so there are logits to pick from. Running
+    /// the rest over the kept prefix is the same computation as the one-at-a-time path's prefix
+    /// reuse; `None` when nothing fits (or the engine cannot truncate; that cache is dropped).
+    fn reuse(&mut self, prompt: &[u32]) -> Option<(SeqId, usize)> {
+        let limit = prompt.len().saturating_sub(1);
+        let (index, len) = self
+            .parked
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, common_prefix(&p.tokens, prompt).min(limit)))
+            // The latest parked wins a tie: it is the one least likely to be evicted next.
+            .max_by_key(|&(i, len)| (len, i))?;
+        if len < MIN_REUSED_PREFIX {
+            return None;
+        }
+        let parked = self.parked.remove(index)?;
+        match self.backend.truncate_sequence(parked.seq, len) {
+            Ok(()) => Some((parked.seq, len)),
+            Err(_) => {
+                self.backend.drop_sequence(parked.seq);
+                None
+            }
         }
     }
 
@@ -385,6 +471,7 @@ impl<B: BatchBackend> Scheduler<B> {
             match self.backend.prefill(r.seq, chunk, r.prefilled) {
                 Ok(mut logits) => {
                     r.prefilled += n;
+                    r.cached = r.prefilled;
                     budget -= n;
                     if r.prefilled == r.prompt_len {
                         match logits.last_row_mut() {
@@ -424,6 +511,8 @@ impl<B: BatchBackend> Scheduler<B> {
                 let vocab = logits.vocab;
                 for (row, i) in logits.data.chunks_exact_mut(vocab).zip(rows) {
                     if let Some(r) = self.running.get_mut(i) {
+                        // The fed token is in the cache now, whatever the pick does.
+                        r.cached += 1;
                         r.take_pick(row, context);
                     }
                 }
@@ -450,14 +539,31 @@ impl<B: BatchBackend> Scheduler<B> {
         }
     }
 
-    /// Ended sequences leave and free their caches.
+    /// Ended sequences leave; their caches are parked for prefix reuse (the oldest parked one
+    /// dropped past `MAX_PARKED`) or, when in doubt or empty, freed.
     fn leave(&mut self) {
-        let backend = &mut self.backend;
-        self.running.retain(|r| {
-            if r.ended {
-                backend.drop_sequence(r.seq);
+        let mut i = 0;
+        while i < self.running.len() {
+            if !self.running[i].ended {
+                i += 1;
+                continue;
             }
-            !r.ended
-        });
+            // `remove`, not `swap_remove`: the running order is the prefill order (oldest first).
+            let mut r = self.running.remove(i);
+            if !r.reusable || r.cached < MIN_REUSED_PREFIX || r.cached > r.tokens.len() {
+                self.backend.drop_sequence(r.seq);
+                continue;
+            }
+            r.tokens.truncate(r.cached);
+            self.parked.push_back(Parked {
+                seq: r.seq,
+                tokens: r.tokens,
+            });
+            while self.parked.len() > MAX_PARKED {
+                if let Some(p) = self.parked.pop_front() {
+                    self.backend.drop_sequence(p.seq);
+                }
+            }
+        }
     }
 }

@@ -224,6 +224,13 @@ impl BatchBackend for Engine {
         }
     }
 
+    fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> selfroute_core::Result<()> {
+        match &mut self.active {
+            Active::Cpu(m) => BatchBackend::truncate_sequence(m.as_mut(), seq, len),
+            Active::Gpu(_) => Err(no_batch()),
+        }
+    }
+
     fn prefill(
         &mut self,
         seq: SeqId,

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use candle_core::Device;
 use selfroute_candle::CandleModel;
-use selfroute_core::{FinishReason, LogitsFor, ModelPackage, Sampler, SamplingParams};
+use selfroute_core::backend::{BatchBackend, BatchStep, Logits, SeqId};
+use selfroute_core::{FinishReason, LogitsFor, ModelConfig, ModelPackage, Sampler, SamplingParams};
 use selfroute_engine::{
-    BatchOptions, BatchWorker, CancelToken, Finished, Flow, SamplerPicker, Scheduler,
-    SequenceEvent, SequenceRequest, Submission,
+    BatchOptions, BatchWorker, CancelToken, Finished, Flow, Picked, SamplerPicker, Scheduler,
+    SequenceEvent, SequenceRequest, Submission, TokenPicker,
 };
 
 const CONTEXT: u32 = 96;
@@ -326,4 +327,225 @@ fn a_sequence_stops_when_the_context_is_full() {
             ..
         })
     ));
+}
+
+/// The CPU engine with a record of every prompt chunk it ran, to see how much of each prompt a
+/// reused prefix saved.
+struct Counting {
+    model: CandleModel,
+    prefilled: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+}
+
+impl BatchBackend for Counting {
+    fn batch_config(&self) -> &ModelConfig {
+        self.model.batch_config()
+    }
+    fn new_sequence(&mut self) -> selfroute_core::Result<SeqId> {
+        BatchBackend::new_sequence(&mut self.model)
+    }
+    fn drop_sequence(&mut self, seq: SeqId) {
+        BatchBackend::drop_sequence(&mut self.model, seq);
+    }
+    fn truncate_sequence(&mut self, seq: SeqId, len: usize) -> selfroute_core::Result<()> {
+        BatchBackend::truncate_sequence(&mut self.model, seq, len)
+    }
+    fn prefill(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        start_pos: usize,
+    ) -> selfroute_core::Result<Logits> {
+        self.prefilled
+            .lock()
+            .expect("lock")
+            .push((start_pos, tokens.len()));
+        self.model.prefill(seq, tokens, start_pos)
+    }
+    fn decode(&mut self, steps: &[BatchStep]) -> selfroute_core::Result<Logits> {
+        self.model.decode(steps)
+    }
+}
+
+/// Greedy picks that keep every row of logits they saw, to compare with a fresh run's rows.
+struct Recording(Arc<std::sync::Mutex<Vec<Vec<f32>>>>);
+
+impl TokenPicker for Recording {
+    fn pick(&mut self, logits: &mut [f32], _history: &[u32]) -> selfroute_core::Result<Picked> {
+        self.0.lock().expect("lock").push(logits.to_vec());
+        Ok(Picked::token(argmax(logits)))
+    }
+}
+
+/// The rows of logits a fresh one-at-a-time greedy run of `prompt` picks its `n` tokens from.
+fn fresh_rows(model: &mut CandleModel, prompt: &[u32], n: usize) -> Vec<Vec<f32>> {
+    model.clear_cache();
+    let mut rows = Vec::new();
+    let mut fed = prompt.to_vec();
+    let mut start = 0;
+    for _ in 0..n {
+        let row = model
+            .forward_tokens(&fed[start..], start, LogitsFor::Last)
+            .expect("forward")
+            .to_vec2::<f32>()
+            .expect("logits")
+            .remove(0);
+        start = fed.len();
+        fed.push(argmax(&row));
+        rows.push(row);
+    }
+    model.clear_cache();
+    rows
+}
+
+/// A finished sequence's cache is parked and a later prompt that shares a prefix with it runs
+/// only the rest, with the same greedy tokens as a fresh one-at-a-time run: the same prompt
+/// again, a strict prefix of it, an extension into what was generated, a prompt that departs
+/// mid-way, and a different one.
+#[test]
+fn a_reused_prompt_prefix_gives_the_fresh_tokens_and_runs_only_the_rest() {
+    let mut reference_model = model();
+    let base: Vec<u32> = (10..30).collect();
+    let first = one_at_a_time(&mut reference_model, &base, 8);
+    let extended: Vec<u32> = base
+        .iter()
+        .chain(&first[..5])
+        .chain(&[3, 4])
+        .copied()
+        .collect();
+    let departs: Vec<u32> = base[..12].iter().chain(&[150, 151, 152]).copied().collect();
+    let different: Vec<u32> = (200..216).collect();
+    // (prompt, tokens to generate, positions expected to come from a parked cache)
+    let cases: Vec<(Vec<u32>, usize, usize)> = vec![
+        (base.clone(), 8, 0),
+        // The whole prompt matches: all but its last token is reused, for logits to pick from.
+        (base.clone(), 6, base.len() - 1),
+        // That run's cache held the prompt and its generated tokens but the last (the same
+        // tokens as the first run's). A reused cache is taken over, not copied: the next
+        // request shares only what this one kept.
+        (extended.clone(), 6, base.len() + 5),
+        (base[..12].to_vec(), 6, 11),
+        (departs.clone(), 6, 12),
+        (different.clone(), 6, 0),
+        // The different prompt was parked in turn.
+        (different[..10].to_vec(), 4, 9),
+    ];
+    let prefilled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut scheduler = Scheduler::new(
+        Counting {
+            model: model(),
+            prefilled: prefilled.clone(),
+        },
+        BatchOptions {
+            max_sequences: 4,
+            prefill_chunk: 8,
+        },
+    );
+    for (i, (prompt, n, reused)) in cases.iter().enumerate() {
+        let expected = one_at_a_time(&mut reference_model, prompt, *n);
+        let expected_rows = fresh_rows(&mut reference_model, prompt, *n);
+        prefilled.lock().expect("lock").clear();
+        let rows = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, events) = mpsc::channel();
+        scheduler.submit(Submission {
+            request: SequenceRequest {
+                prompt: prompt.clone(),
+                max_tokens: *n,
+                stop_tokens: Vec::new(),
+                picker: Box::new(Recording(rows.clone())),
+            },
+            sink: Box::new(sink),
+            cancel: CancelToken::default(),
+        });
+        while scheduler.has_work() {
+            scheduler.step();
+        }
+        let (tokens, end) = collect(&events);
+        assert_eq!(tokens, expected, "case {i}");
+        assert_eq!(
+            end,
+            SequenceEvent::Finished(Finished {
+                reason: FinishReason::Length,
+                prompt_tokens: prompt.len(),
+                completion_tokens: *n,
+            }),
+            "case {i}"
+        );
+        // Every row within float rounding of the fresh run's (see the test below): a wrong
+        // token left in the reused cache moves them far more, even where greedy hides it.
+        let rows = rows.lock().expect("lock").clone();
+        assert_eq!(rows.len(), expected_rows.len(), "case {i}");
+        for (step, (got, want)) in rows.iter().zip(&expected_rows).enumerate() {
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "case {i} step {step}: max |diff| {diff:e}");
+        }
+        let chunks = prefilled.lock().expect("lock").clone();
+        assert_eq!(chunks.first().map(|c| c.0), Some(*reused), "case {i}");
+        let ran: usize = chunks.iter().map(|c| c.1).sum();
+        assert_eq!(ran, prompt.len() - reused, "case {i}");
+        assert!(scheduler.parked() >= 1, "case {i}");
+    }
+    // Parked caches stay within max_sequences (and the scheduler's own bound of four).
+    assert!(scheduler.parked() <= 4);
+}
+
+/// Running the rest of a prompt over a cache cut back to a shared prefix gives the logits of a
+/// fresh prefill to float rounding, not bit for bit: the same rows run in matrix products of
+/// another height (the whole prompt, or the rest; one row per decode step), which sum in
+/// another order. Measured on the tiny model: about 1.5e-8 at most, so the bound is 1e-5 and
+/// the greedy token must match. (The one-at-a-time server path reused its prefix the same way,
+/// so the batched path now computes exactly what that one did.)
+#[test]
+fn a_truncated_cache_gives_the_fresh_prefill_logits() {
+    let mut m = model();
+    let prompt: Vec<u32> = (40..64).collect();
+    let fresh_seq = m.new_sequence();
+    let fresh = m
+        .forward_sequence(fresh_seq, &prompt, 0, LogitsFor::Last)
+        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        .expect("fresh");
+    // A cache that ran the first 10 prompt tokens and then something else.
+    let seq = m.new_sequence();
+    let other: Vec<u32> = prompt[..10].iter().chain(&[7, 8, 9, 11]).copied().collect();
+    m.forward_sequence(seq, &other, 0, LogitsFor::Last)
+        .expect("other");
+    m.truncate_sequence(seq, 10).expect("truncate");
+    assert_eq!(m.sequence_len(seq), Some(10));
+    let reused = m
+        .forward_sequence(seq, &prompt[10..], 10, LogitsFor::Last)
+        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        .expect("reused");
+    let max_diff = fresh
+        .iter()
+        .zip(&reused)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("prefix from a prefill: max |diff| = {max_diff:e}");
+    assert_eq!(argmax(&fresh), argmax(&reused));
+    assert!(max_diff < 1e-5, "{max_diff}");
+    // A prefix built token by token (as decode steps leave it).
+    let stepped = m.new_sequence();
+    for (pos, &t) in prompt[..10].iter().enumerate() {
+        m.forward_batch(&[BatchStep {
+            seq: stepped,
+            token: t,
+            pos,
+        }])
+        .expect("step");
+    }
+    let reused_steps = m
+        .forward_sequence(stepped, &prompt[10..], 10, LogitsFor::Last)
+        .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+        .expect("reused");
+    let max_diff_steps = fresh
+        .iter()
+        .zip(&reused_steps)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("prefix from decode steps: max |diff| = {max_diff_steps:e}");
+    assert_eq!(argmax(&fresh), argmax(&reused_steps));
+    assert!(max_diff_steps < 1e-5, "{max_diff_steps}");
 }
