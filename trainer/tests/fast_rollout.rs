@@ -64,37 +64,10 @@ fn tiny_model_logits_match_the_trainable_model_in_prefill_and_batched_decode() {
     assert!(decode < TOLERANCE, "decode: max logit difference {decode}");
 }
 
-/// The reference fixtures: f16 llama, and bf16 qwen2 with QKV biases, a tied head and the
-/// rotate-half RoPE layout.
-fn hf_fixture(name: &str) -> ModelPackage {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/data");
-    let gguf = selfroute_core::GgufFile::from_bytes(
-        "tiny_llama.gguf",
-        std::fs::read(data.join("tiny_llama.gguf")).unwrap(),
-    )
-    .unwrap();
-    let tokenizer_json = selfroute_core::Tokenizer::from_gguf(&gguf)
-        .unwrap()
-        .to_json()
-        .unwrap();
-    let dir = data.join(name);
-    ModelPackage::from_hf_files(
-        name,
-        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
-        vec![(
-            "model.safetensors".into(),
-            std::fs::read(dir.join("model.safetensors")).unwrap(),
-        )],
-        Some(tokenizer_json.as_bytes()),
-        None,
-    )
-    .unwrap()
-}
-
 #[test]
 fn safetensors_fixtures_match_too() {
     for name in ["tiny_llama_f16", "tiny_qwen2_bf16"] {
-        let package = hf_fixture(name);
+        let package = support::hf_fixture(name);
         let model = support::trainable(&package, DType::F32);
         let tokens: Vec<u32> = (0..16).map(|i| (i * 31 + 9) % 200 + 3).collect();
         let (prefill, decode) = parity(&model, &tokens);

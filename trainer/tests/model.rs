@@ -57,37 +57,10 @@ fn tiny_model_logits_match_the_inference_engine_at_every_position() {
     assert!(diff < 1e-4, "max logit difference {diff}");
 }
 
-/// The tiny Hugging Face checkpoints of the reference fixtures (f16 llama; bf16 qwen2 with QKV
-/// biases and a tied head), with the tiny GGUF's tokenizer (the test feeds ids directly).
-fn hf_fixture(name: &str) -> ModelPackage {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/data");
-    let gguf = selfroute_core::GgufFile::from_bytes(
-        "tiny_llama.gguf",
-        std::fs::read(data.join("tiny_llama.gguf")).unwrap(),
-    )
-    .unwrap();
-    let tokenizer_json = selfroute_core::Tokenizer::from_gguf(&gguf)
-        .unwrap()
-        .to_json()
-        .unwrap();
-    let dir = data.join(name);
-    ModelPackage::from_hf_files(
-        name,
-        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
-        vec![(
-            "model.safetensors".into(),
-            std::fs::read(dir.join("model.safetensors")).unwrap(),
-        )],
-        Some(tokenizer_json.as_bytes()),
-        None,
-    )
-    .unwrap()
-}
-
 #[test]
 fn safetensors_checkpoints_match_the_inference_engine_too() {
     for name in ["tiny_llama_f16", "tiny_qwen2_bf16"] {
-        let package = hf_fixture(name);
+        let package = support::hf_fixture(name);
         let tokens: Vec<u32> = (0..16).map(|i| (i * 31 + 9) % 200 + 3).collect();
         let diff = max_logit_diff(&package, &tokens);
         assert!(diff < 1e-4, "{name}: max logit difference {diff}");

@@ -27,3 +27,31 @@ pub fn trainable(package: &ModelPackage, dtype: DType) -> TrainableModel {
     )
     .expect("trainable model")
 }
+
+/// The tiny Hugging Face checkpoints of the reference fixtures (f16 llama; bf16 qwen2 with QKV
+/// biases, a tied head and the rotate-half RoPE layout), with the tiny GGUF's tokenizer (the
+/// tests feed ids directly).
+pub fn hf_fixture(name: &str) -> ModelPackage {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/data");
+    let gguf = selfroute_core::GgufFile::from_bytes(
+        "tiny_llama.gguf",
+        std::fs::read(data.join("tiny_llama.gguf")).unwrap(),
+    )
+    .unwrap();
+    let tokenizer_json = selfroute_core::Tokenizer::from_gguf(&gguf)
+        .unwrap()
+        .to_json()
+        .unwrap();
+    let dir = data.join(name);
+    ModelPackage::from_hf_files(
+        name,
+        &std::fs::read_to_string(dir.join("config.json")).unwrap(),
+        vec![(
+            "model.safetensors".into(),
+            std::fs::read(dir.join("model.safetensors")).unwrap(),
+        )],
+        Some(tokenizer_json.as_bytes()),
+        None,
+    )
+    .unwrap()
+}
