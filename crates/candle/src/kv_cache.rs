@@ -91,9 +91,10 @@ impl KvCache {
     }
 }
 
-/// Dot product with lane accumulators, so it vectorizes.
+/// Dot product with lane accumulators, so it vectorizes. Public so the trainer's rollout
+/// attention uses the same loop.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0.0f32; LANES];
     for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {

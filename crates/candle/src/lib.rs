@@ -9,5 +9,6 @@ mod model;
 mod rope;
 
 pub use error::CandleError;
+pub use kv_cache::dot;
 pub use linear::f32_tensor;
 pub use model::CandleModel;

@@ -26,6 +26,7 @@
 //! move a draw that lands within about that much probability of a token boundary.
 
 use candle_core::{DType, Device, Tensor};
+use selfroute_candle::dot;
 use selfroute_core::ModelConfig;
 
 use crate::error::{Result, TrainError};
@@ -325,26 +326,6 @@ fn unknown(seq: usize) -> TrainError {
 /// right, which it repacks on every call.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(w.matmul(&x.t()?)?.t()?.contiguous()?)
-}
-
-/// Dot product with lane accumulators, so it vectorizes.
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for j in 0..LANES {
-            acc[j] += ca[j] * cb[j];
-        }
-    }
-    let tail: f32 = a
-        .chunks_exact(LANES)
-        .remainder()
-        .iter()
-        .zip(b.chunks_exact(LANES).remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Logits at every position of `tokens` through the fast engine (one sequence from position 0):
