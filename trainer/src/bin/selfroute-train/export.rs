@@ -1,4 +1,7 @@
 //! `selfroute-train export`: a checkpoint as a GGUF file (and optionally a Hugging Face folder).
+//! Without `--checkpoint` it converts the model's own weights (dequantized), so an untrained
+//! GGUF can be handed to Hugging Face tools (e.g. `cargo xtask bench train` gives TRL the very
+//! model we train).
 
 use std::path::PathBuf;
 
@@ -16,9 +19,9 @@ pub struct ExportArgs {
     /// The GGUF the checkpoint was trained from (its tokenizer and metadata are kept).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// A checkpoint written by `train`.
+    /// A checkpoint written by `train`. Without it, the model's own weights are exported.
     #[arg(long, value_name = "PATH")]
-    checkpoint: PathBuf,
+    checkpoint: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
     /// f32, f16, q8_0 or q4_1.
@@ -43,8 +46,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
         DType::F32,
         &Device::Cpu,
     )?;
-    let checkpoint = selfroute_train::checkpoint::load(&args.checkpoint, DType::F32, &Device::Cpu)?;
-    selfroute_train::checkpoint::load_weights_into(&model, &checkpoint.weights, &args.checkpoint)?;
+    let step = match &args.checkpoint {
+        Some(path) => {
+            let checkpoint = selfroute_train::checkpoint::load(path, DType::F32, &Device::Cpu)?;
+            selfroute_train::checkpoint::load_weights_into(&model, &checkpoint.weights, path)?;
+            Some(checkpoint.position.step)
+        }
+        None => None,
+    };
     let bytes = gguf_bytes(&model, &source, &[], format)?;
     write_atomically(&args.out, &bytes)?;
     if let Some(dir) = &args.hf {
@@ -56,10 +65,13 @@ pub fn run(args: ExportArgs) -> Result<()> {
         eprintln!("wrote {}", dir.display());
     }
     eprintln!(
-        "wrote {} ({:.1} MB, step {})",
+        "wrote {} ({:.1} MB, {})",
         args.out.display(),
         bytes.len() as f64 / 1e6,
-        checkpoint.position.step
+        match step {
+            Some(step) => format!("step {step}"),
+            None => "the model's own weights".to_string(),
+        }
     );
     Ok(())
 }
