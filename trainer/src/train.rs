@@ -307,7 +307,7 @@ impl<'a> Trainer<'a> {
             .into_iter()
             .map(|(name, var)| (name, var.as_tensor().clone()))
             .collect();
-        let (moments, optimizer_step) = self.optimizer.state();
+        let (moments, optimizer_step) = self.optimizer.state()?;
         crate::checkpoint::save(
             path,
             &crate::checkpoint::Checkpoint {
