@@ -80,10 +80,20 @@ struct StepConstants {
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        Self::build(vars, config, true)
+    }
+
+    /// The same optimiser on tensor ops only: the reference the fused path is measured against
+    /// (`cargo run --release -p selfroute-train --example adamw_bench`).
+    pub fn unfused(vars: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        Self::build(vars, config, false)
+    }
+
+    fn build(vars: Vec<(String, Var)>, config: AdamWConfig, fused: bool) -> Result<Self> {
         let slots = vars
             .into_iter()
             .map(|(name, var)| -> Result<_> {
-                let moments = if is_flat(var.as_tensor()) {
+                let moments = if fused && is_flat(var.as_tensor()) {
                     let n = var.elem_count();
                     Moments::Flat {
                         m: vec![0.0; n],

@@ -110,6 +110,28 @@ fn prepare_train_resume_export() {
         .collect();
     assert_eq!(steps, vec![0, 1, 2]);
 
+    // A run stopped after logging steps it had not checkpointed yet: resuming takes them again
+    // and their old lines go, so every step appears once.
+    let lines: Vec<&str> = metrics.lines().collect();
+    let stale = [3, 4].map(|step| lines[2].replace("\"step\":2", &format!("\"step\":{step}")));
+    std::fs::write(
+        run_dir.join("metrics.jsonl"),
+        format!("{metrics}{}\n{}\n", stale[0], stale[1]),
+    )
+    .unwrap();
+    let (_, err) = train("4", true);
+    assert!(err.contains("dropped 2 line(s)"), "{err}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 1, 2, 3]);
+
     run(&[
         "export",
         "--model",

@@ -1,5 +1,6 @@
 //! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
 
+mod curve;
 mod device;
 mod eval;
 mod export;
@@ -38,6 +39,8 @@ enum Command {
     /// Draw training curves (metrics.jsonl) and the cost-quality curve (curve.json) as SVG and
     /// PNG. Needs a build with `--features plot`.
     Plot(plot::PlotArgs),
+    /// Merge `eval --sweep` curves of several methods over shared references; APGR and CPT.
+    Curve(curve::CurveArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +52,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Router(args) => router::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Curve(args) => curve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

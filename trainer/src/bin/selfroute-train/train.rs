@@ -1,6 +1,6 @@
 //! `selfroute-train train`: GAPG (or a baseline algorithm) with the hierarchical reward.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::DType;
@@ -264,6 +264,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .restore_checkpoint(&checkpoint_path)
             .with_context(|| format!("--resume from {}", checkpoint_path.display()))?;
         eprintln!("resumed at step {}", trainer.steps_done());
+        // Steps logged after the last checkpoint (a run stopped between checkpoints) are taken
+        // again; their old lines would otherwise appear twice.
+        keep_metrics_before(&metrics_path, trainer.steps_done())?;
     }
     let progress = Progress::new(args.steps, trainer.steps_done());
     while trainer.steps_done() < args.steps {
@@ -293,4 +296,33 @@ impl AlgoArg {
             Self::CollabAware => "collaboration-aware tuning: Dr. GRPO",
         }
     }
+}
+
+/// Drops the lines of `path` whose `step` (0-based) is `steps_done` or later.
+fn keep_metrics_before(path: &Path, steps_done: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut kept = String::new();
+    let mut dropped = 0usize;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let step = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64));
+        match step {
+            Some(step) if step as usize >= steps_done => dropped += 1,
+            _ => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    if dropped > 0 {
+        eprintln!(
+            "{}: dropped {dropped} line(s) logged after the checkpoint",
+            path.display()
+        );
+        std::fs::write(path, kept).with_context(|| format!("rewriting {}", path.display()))?;
+    }
+    Ok(())
 }
