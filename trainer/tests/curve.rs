@@ -238,3 +238,55 @@ fn curve_json_round_trips_and_bad_files_are_named() {
     assert!(e.contains("missing.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `selfroute-train curve` on two sweeps' files: the merged curve keeps both methods over the
+/// first file's references (b's own references would give b an APGR of 0.583, not 0.5), and a
+/// method already merged is refused.
+#[test]
+fn the_curve_command_merges_methods_over_the_first_files_references() {
+    let dir = std::env::temp_dir().join(format!("selfroute-curve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.json");
+    let b = dir.join("b.json");
+    curve(&[("a", 0.25, 0.8)]).write(&a).unwrap();
+    Curve {
+        local_accuracy: 0.2,
+        ..curve(&[("b", 0.5, 0.6)])
+    }
+    .write(&b)
+    .unwrap();
+    let merged = dir.join("out").join("merged.json");
+    let run = |inputs: &[&std::path::Path]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_selfroute-train"));
+        cmd.arg("curve");
+        for input in inputs {
+            cmd.arg("--curve").arg(input);
+        }
+        cmd.arg("--out").arg(&merged).output().unwrap()
+    };
+    let out = run(&[&a, &b]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curve = Curve::read(&merged).unwrap();
+    assert_eq!(curve.methods(), vec!["a", "b"]);
+    assert_close(curve.local_accuracy, LOCAL);
+    assert_close(curve.apgr("a").unwrap(), 0.875);
+    assert_close(curve.apgr("b").unwrap(), 0.5);
+    let table = std::fs::read_to_string(merged.with_extension("md")).unwrap();
+    assert!(
+        table.contains("| a | 0.875 |") && table.contains("| b | 0.500 |"),
+        "{table}"
+    );
+
+    let out = run(&[&a, &a]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("method `a`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
