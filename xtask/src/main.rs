@@ -3,6 +3,7 @@
 mod bench;
 mod bench_batch;
 mod bench_gpu;
+mod bench_train;
 mod bench_web;
 mod browser_tests;
 mod demo;
@@ -44,7 +45,12 @@ commands:
   bench gpu     the WGSL engine on the available adapter (lavapipe here) beside the CPU engine
   bench web     the browser engine beside wllama in headless Chromium: CPU on one thread, WebGPU,
                 page load to ready (cold and cached), download sizes; JSON in target/bench-web.json
-                  --repeats N     runs per engine for the medians (default 5)";
+                  --repeats N     runs per engine for the medians (default 5)
+  bench train   one training step of selfroute-train beside TRL's GRPOTrainer (PyPI trl + torch in a
+                venv, ~6 GB the first time), same model, prompts, G, batch and lengths: seconds per
+                step, rollout, update, tokens/s and ratios, ours as it trains and with every answer
+                in the update
+                  --prompts-per-step N (4)  --group N (8)  --max-new-tokens N (48)  --steps N (4)";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -77,6 +83,7 @@ fn run(args: &[String]) -> Result<()> {
         ["bench", "batch", rest @ ..] => bench_batch::run(&root, rest),
         ["bench", "gpu", rest @ ..] => bench_gpu::run(&root, rest),
         ["bench", "web", rest @ ..] => bench_web::run(&root, rest),
+        ["bench", "train", rest @ ..] => bench_train::run(&root, rest),
         ["help" | "--help" | "-h"] | [] => {
             println!("{USAGE}");
             Ok(())
