@@ -8,6 +8,7 @@ mod bench_web;
 mod browser_tests;
 mod demo;
 mod demo_model;
+mod experiment;
 mod fetch_model;
 mod fuzz;
 mod node;
@@ -36,6 +37,11 @@ commands:
                 selfroute and selfroute-train)
   test openai   only the OpenAI conformance test: the official openai Python SDK against
                 `selfroute serve`, direct and through --upstream
+  experiment arith  the paper's experiment on SmolLM2 at this machine's scale (about 1.5 hours
+                on 2 cores, resumable): every method at the 30% budget, the cost-quality curves,
+                APGR/CPT, the collapse ablations; results in docs/results/arith/
+                  --steps N (8)  --ablation-steps N (5)  --problems N (100)
+                  --work DIR (runs/experiment-arith)  --results DIR (docs/results/arith)
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under 1, 8 and 16 concurrent streaming clients beside llama.cpp's
                 server (throughput, TTFT p50/p99)
@@ -78,6 +84,7 @@ fn run(args: &[String]) -> Result<()> {
         ["test"] => test::run(&root),
         ["test", "browser"] => test::browser_only(&root),
         ["test", "openai"] => openai_conformance::only(&root),
+        ["experiment", rest @ ..] => experiment::run(&root, rest),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),
         ["bench", "batch", rest @ ..] => bench_batch::run(&root, rest),
