@@ -1,4 +1,4 @@
-//! The policy-gradient loss of one group and gradient accumulation over groups.
+//! The policy-gradient loss of the kept groups and gradient accumulation over passes.
 //!
 //! GAPG (the paper): L = -1/|K| sum_{x in K} sum_i A_i * sum_t log pi(y_i,t), A_i = (r_i - mean)/(G-1).
 //! Dr. GRPO: L = -1/(|K| G) sum_x sum_i A_i * sum_t log pi / max_new_tokens, A_i = r_i - mean.
@@ -55,8 +55,9 @@ pub struct UpdateConfig {
     pub algo: Algo,
     /// The rollouts' token limit (Dr. GRPO divides by it).
     pub max_new_tokens: usize,
-    /// Sequences per forward/backward pass; None: a whole group at once. Only memory and speed
-    /// change: the passes' gradients are summed.
+    /// Sequences per forward/backward pass (from any prompts); None: as many as fit
+    /// [`PASS_TOKENS`] padded tokens. Only memory and speed change: the passes' gradients are
+    /// summed.
     pub micro_batch: Option<usize>,
     pub scoring: Scoring,
 }
@@ -117,6 +118,7 @@ pub fn policy_gradient(
     config.validate()?;
     let mut grads = None;
     let mut zero_variance_groups = 0;
+    let mut rows = Vec::new();
     for group in groups {
         if group.rewards.len() != group.responses.len() {
             return Err(TrainError::InvalidSettings(format!(
@@ -130,33 +132,46 @@ pub fn policy_gradient(
             continue;
         }
         let adv = advantages(config.algo, group.rewards);
-        let weighted: Vec<(&[u32], f64)> = group
-            .responses
-            .iter()
-            .zip(&adv)
-            .map(|(tokens, &a)| {
-                let w = response_weight(
-                    config.algo,
-                    a,
-                    tokens.len(),
-                    group.responses.len(),
-                    groups.len(),
-                    config.max_new_tokens,
-                );
-                (*tokens, w)
-            })
-            .collect();
-        accumulate_group(model, group.prompt, &weighted, config, &mut grads)?;
+        rows.extend(group.responses.iter().zip(&adv).map(|(tokens, &a)| {
+            let w = response_weight(
+                config.algo,
+                a,
+                tokens.len(),
+                group.responses.len(),
+                groups.len(),
+                config.max_new_tokens,
+            );
+            ScoredRow {
+                prompt: group.prompt,
+                response: tokens,
+                weight: w,
+            }
+        }));
     }
+    // Every kept prompt's responses share the passes (fewer, fuller products than one pass per
+    // prompt, and one gradient sum per pass rather than per prompt).
+    accumulate(model, rows, config, &mut grads)?;
     Ok(PolicyGradient {
         grads,
         zero_variance_groups,
     })
 }
 
-/// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt, y_i,<t)` for one prompt's
-/// responses, `config.micro_batch` sequences per pass, and adds the gradients into `total`.
-/// Responses with zero weight are skipped.
+/// One response to score: its prompt, its tokens and the factor on its summed log-probs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoredRow<'a> {
+    pub prompt: &'a [u32],
+    pub response: &'a [u32],
+    pub weight: f64,
+}
+
+/// Padded tokens per forward/backward pass when no micro-batch is set: SmolLM2's logits for
+/// 4096 positions take 0.8 GB, and the pass about three times that. Short responses share a
+/// pass (a whole step of 48-token answers is one or two), long ones get fewer rows.
+pub const PASS_TOKENS: usize = 4096;
+
+/// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt_i, y_i,<t)` for one prompt's
+/// responses and adds the gradients into `total` (see [`accumulate`]).
 pub fn accumulate_group(
     model: &TrainableModel,
     prompt: &[u32],
@@ -164,23 +179,47 @@ pub fn accumulate_group(
     config: &UpdateConfig,
     total: &mut Option<GradStore>,
 ) -> Result<()> {
-    config.validate()?;
-    let mut responses: Vec<(&[u32], f64)> = responses
+    let rows = responses
         .iter()
-        .filter(|(tokens, w)| !tokens.is_empty() && *w != 0.0)
-        .copied()
+        .map(|&(response, weight)| ScoredRow {
+            prompt,
+            response,
+            weight,
+        })
         .collect();
-    if responses.is_empty() {
-        return Ok(());
-    }
+    accumulate(model, rows, config, total)
+}
+
+/// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt_i, y_i,<t)` over `rows` (any
+/// mix of prompts) and adds the gradients into `total`: `config.micro_batch` rows per pass, or
+/// as many as fit [`PASS_TOKENS`]. Rows with zero weight or no tokens are skipped.
+pub fn accumulate(
+    model: &TrainableModel,
+    mut rows: Vec<ScoredRow<'_>>,
+    config: &UpdateConfig,
+    total: &mut Option<GradStore>,
+) -> Result<()> {
+    config.validate()?;
+    rows.retain(|r| !r.response.is_empty() && r.weight != 0.0);
     // Similar lengths share a pass, so less of each pass is padding.
-    responses.sort_by_key(|(tokens, _)| std::cmp::Reverse(tokens.len()));
-    let chunk = config.micro_batch.unwrap_or(responses.len()).max(1);
-    for part in responses.chunks(chunk) {
-        let tokens: Vec<&[u32]> = part.iter().map(|(t, _)| *t).collect();
-        let weights: Vec<f64> = part.iter().map(|(_, w)| *w).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.prompt.len() + r.response.len()));
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let take = match config.micro_batch {
+            Some(n) => n.min(rest.len()),
+            // Sorted longest first, so the first row's length is the pass's width.
+            None => {
+                let width = rest[0].prompt.len() + rest[0].response.len();
+                (PASS_TOKENS / width.max(1)).clamp(1, rest.len())
+            }
+        };
+        let (part, tail) = rest.split_at(take);
+        rest = tail;
         let grads = {
-            let log_probs = response_log_probs(model, prompt, &tokens, &config.scoring)?;
+            let pairs: Vec<(&[u32], &[u32])> =
+                part.iter().map(|r| (r.prompt, r.response)).collect();
+            let weights: Vec<f64> = part.iter().map(|r| r.weight).collect();
+            let log_probs = pair_log_probs(model, &pairs, &config.scoring)?;
             let weights =
                 Tensor::from_vec(weights, part.len(), model.device())?.to_dtype(model.dtype())?;
             let loss = (log_probs * weights)?.sum_all()?.neg()?;
@@ -204,24 +243,39 @@ pub fn response_log_probs(
     responses: &[&[u32]],
     scoring: &Scoring,
 ) -> Result<Tensor> {
+    let pairs: Vec<(&[u32], &[u32])> = responses.iter().map(|r| (prompt, *r)).collect();
+    pair_log_probs(model, &pairs, scoring)
+}
+
+/// `[rows]`: each (prompt, response) row's summed log pi(y_t | prompt, y_<t) under `scoring`,
+/// in one right-padded pass; the prompts may differ in length.
+pub fn pair_log_probs(
+    model: &TrainableModel,
+    rows: &[(&[u32], &[u32])],
+    scoring: &Scoring,
+) -> Result<Tensor> {
     scoring.validate()?;
-    let p = prompt.len();
-    let longest = responses.iter().map(|t| t.len()).max().unwrap_or(0);
-    if p == 0 || longest == 0 || responses.iter().any(|t| t.is_empty()) {
+    if rows.is_empty() || rows.iter().any(|(p, r)| p.is_empty() || r.is_empty()) {
         return Err(TrainError::InvalidSettings(
             "scoring needs a prompt and non-empty responses".into(),
         ));
     }
     let device = model.device();
-    // Inputs are prompt + response minus its last token, right-padded with token 0 (causal
-    // attention keeps padding from the real positions). Position p - 1 + j predicts response
-    // token j, so only positions p - 1.. need logits.
-    let width = p + longest - 1;
-    let b = responses.len();
+    // Row i's input is its prompt + response minus the last token, right-padded with token 0
+    // (causal attention keeps padding from the real positions). Position p_i - 1 + j predicts
+    // response token j, so logits are needed from the shortest prompt's last position on.
+    let first = rows.iter().map(|(p, _)| p.len()).min().unwrap_or(1) - 1;
+    let width = rows
+        .iter()
+        .map(|(p, r)| p.len() + r.len() - 1)
+        .max()
+        .unwrap_or(1);
+    let span = width - first;
+    let b = rows.len();
     let mut inputs = Vec::with_capacity(b * width);
-    let mut targets = Vec::with_capacity(b * longest);
-    let mut mask = Vec::with_capacity(b * longest);
-    for tokens in responses {
+    let mut targets = Vec::with_capacity(b * span);
+    let mut mask = Vec::with_capacity(b * span);
+    for (prompt, tokens) in rows {
         inputs.extend(
             prompt
                 .iter()
@@ -230,15 +284,25 @@ pub fn response_log_probs(
                 .chain(std::iter::repeat(0))
                 .take(width),
         );
-        for j in 0..longest {
-            targets.push(tokens.get(j).copied().unwrap_or(0));
-            mask.push(if j < tokens.len() { 1.0f32 } else { 0.0 });
+        for position in first..width {
+            // Which response token this position predicts, if any.
+            let j = (position + 1).checked_sub(prompt.len());
+            match j.and_then(|j| tokens.get(j)) {
+                Some(&t) => {
+                    targets.push(t);
+                    mask.push(1.0f32);
+                }
+                None => {
+                    targets.push(0);
+                    mask.push(0.0);
+                }
+            }
         }
     }
     let inputs = Tensor::from_vec(inputs, (b, width), device)?;
-    let targets = Tensor::from_vec(targets, (b, longest), device)?;
-    let mask = Tensor::from_vec(mask, (b, longest), device)?.to_dtype(model.dtype())?;
-    let mut logits = model.forward_from(&inputs, p - 1)?;
+    let targets = Tensor::from_vec(targets, (b, span), device)?;
+    let mask = Tensor::from_vec(mask, (b, span), device)?.to_dtype(model.dtype())?;
+    let mut logits = model.forward_from(&inputs, first)?;
     if scoring.temperature != 1.0 {
         logits = (logits / f64::from(scoring.temperature))?;
     }

@@ -17,7 +17,8 @@ use selfroute_train::rollout::RolloutConfig;
 use selfroute_train::tasks::{Problem, Split, Task, Verdict};
 use selfroute_train::train::{OffloadMode, TrainConfig, Trainer, prompt_ids};
 use selfroute_train::update::{
-    GroupResponses, Scoring, UpdateConfig, accumulate_group, policy_gradient, response_log_probs,
+    GroupResponses, ScoredRow, Scoring, UpdateConfig, accumulate, accumulate_group,
+    policy_gradient, response_log_probs,
 };
 use selfroute_train::warmup::calibrate_offload_row;
 
@@ -271,6 +272,56 @@ fn a_padded_batch_gradient_is_the_sum_of_one_at_a_time_gradients() {
             reference_gradient(&model, &[(prompt.clone(), weighted.clone())], f64::from(t));
         let diff = relative_difference(&batched, &reference);
         assert!(diff < 1e-10, "T {t}: padded batch vs one at a time: {diff}");
+    }
+}
+
+/// Rows of prompts of different lengths in one right-padded pass (and in passes of 3 rows that
+/// mix them) give the sum of one-sequence-at-a-time gradients.
+#[test]
+fn rows_of_different_prompts_share_a_pass_and_give_the_same_gradient() {
+    let package = support::tiny_with_offload(64);
+    let model = support::trainable(&package, DType::F64);
+    let long_prompt = prompt();
+    let short_prompt = vec![1u32, 33, 8];
+    let groups: Vec<(Vec<u32>, Vec<(Vec<u32>, f64)>)> = vec![
+        (
+            long_prompt,
+            responses()
+                .into_iter()
+                .zip([0.7, -0.3, 0.45, -1.1])
+                .collect(),
+        ),
+        (
+            short_prompt,
+            responses()
+                .into_iter()
+                .rev()
+                .zip([-0.2, 0.9, 0.35, -0.6])
+                .collect(),
+        ),
+    ];
+    let reference = reference_gradient(&model, &groups, f64::from(0.8f32));
+    for micro_batch in [None, Some(3)] {
+        let rows: Vec<ScoredRow<'_>> = groups
+            .iter()
+            .flat_map(|(prompt, weighted)| {
+                weighted.iter().map(move |(response, weight)| ScoredRow {
+                    prompt,
+                    response,
+                    weight: *weight,
+                })
+            })
+            .collect();
+        let mut grads = None;
+        accumulate(
+            &model,
+            rows,
+            &update_config(Algo::Gapg, 0.8, micro_batch),
+            &mut grads,
+        )
+        .unwrap();
+        let diff = relative_difference(&flatten(&model, &grads.unwrap()), &reference);
+        assert!(diff < 1e-10, "micro-batch {micro_batch:?}: {diff}");
     }
 }
 

@@ -79,8 +79,9 @@ pub struct TrainArgs {
     /// prompt at a time; the reference). Both sample from the same weights.
     #[arg(long, value_enum, default_value = "fast")]
     rollout_engine: RolloutEngineArg,
-    /// Sequences per forward/backward pass of the update (default: a whole group at once).
-    /// Gradients are summed over the passes: the same update in less memory.
+    /// Sequences per forward/backward pass of the update, from any of the step's prompts
+    /// (default: as many as fit 4096 padded tokens). Gradients are summed over the passes: the
+    /// same update in less memory.
     #[arg(long, value_name = "N")]
     micro_batch: Option<usize>,
     /// The task-tuning-only baseline: the offload token is never sampled, the cloud never asked,
