@@ -283,7 +283,7 @@ fn rows_of_different_prompts_share_a_pass_and_give_the_same_gradient() {
     let model = support::trainable(&package, DType::F64);
     let long_prompt = prompt();
     let short_prompt = vec![1u32, 33, 8];
-    let groups: Vec<(Vec<u32>, Vec<(Vec<u32>, f64)>)> = vec![
+    let groups: Vec<WeightedGroup> = vec![
         (
             long_prompt,
             responses()
