@@ -37,7 +37,7 @@ commands:
                 selfroute and selfroute-train)
   test openai   only the OpenAI conformance test: the official openai Python SDK against
                 `selfroute serve`, direct and through --upstream
-  experiment arith  the paper's experiment on SmolLM2 at this machine's scale (about 1.5 hours
+  experiment arith  the paper's experiment on SmolLM2 at this machine's scale (about 50 minutes
                 on 2 cores, resumable): every method at the 30% budget, the cost-quality curves,
                 APGR/CPT, the collapse ablations; results in docs/results/arith/
                   --steps N (8)  --ablation-steps N (5)  --problems N (100)
