@@ -21,6 +21,18 @@ fn run(args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
+/// The `step` of every line of a metrics.jsonl.
+fn logged_steps(metrics: &str) -> Vec<u64> {
+    metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
@@ -100,14 +112,7 @@ fn prepare_train_resume_export() {
     let (_, err) = train("3", true);
     assert!(err.contains("resumed at step 2"), "{err}");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let steps = logged_steps(&metrics);
     assert_eq!(steps, vec![0, 1, 2]);
 
     // A run stopped after logging steps it had not checkpointed yet: resuming takes them again
@@ -122,14 +127,7 @@ fn prepare_train_resume_export() {
     let (_, err) = train("4", true);
     assert!(err.contains("dropped 2 line(s)"), "{err}");
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let steps = logged_steps(&metrics);
     assert_eq!(steps, vec![0, 1, 2, 3]);
 
     run(&[
