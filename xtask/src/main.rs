@@ -6,6 +6,7 @@ mod bench_gpu;
 mod bench_train;
 mod bench_web;
 mod browser_tests;
+mod cuda;
 mod demo;
 mod demo_model;
 mod experiment;
@@ -37,6 +38,9 @@ commands:
                 selfroute and selfroute-train)
   test openai   only the OpenAI conformance test: the official openai Python SDK against
                 `selfroute serve`, direct and through --upstream
+  check-cuda    `cargo check -p selfroute-train --features cuda` without a GPU: CUDA 13.4's nvcc
+                from PyPI in a venv compiles candle's kernels (10-30 minutes the first time on
+                a machine, cached in ~/.cache/selfroute; part of `test`)
   experiment arith  the paper's experiment on SmolLM2 at this machine's scale (about 50 minutes
                 on 2 cores, resumable): every method at the 30% budget, the cost-quality curves,
                 APGR/CPT, the collapse ablations; results in docs/results/arith/
@@ -84,6 +88,7 @@ fn run(args: &[String]) -> Result<()> {
         ["test"] => test::run(&root),
         ["test", "browser"] => test::browser_only(&root),
         ["test", "openai"] => openai_conformance::only(&root),
+        ["check-cuda"] => cuda::check(&root),
         ["experiment", rest @ ..] => experiment::run(&root, rest),
         ["bench", "cpu", rest @ ..] => bench::cpu(&root, rest),
         ["bench", "serve", rest @ ..] => bench::serve(&root, rest),

@@ -67,7 +67,12 @@ pub fn python_venv(
     requirements: &[&str],
     env: &[(&str, &str)],
 ) -> Result<PathBuf> {
-    let venv = root.join("target/xtask").join(name);
+    python_venv_at(&root.join("target/xtask").join(name), requirements, env)
+}
+
+/// A Python virtual environment at `venv` with the given requirements installed; reused as it is
+/// when it was made with the same requirements.
+pub fn python_venv_at(venv: &Path, requirements: &[&str], env: &[(&str, &str)]) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let marker = venv.join(".selfroute-requirements");
     let wanted = requirements.join("\n");
@@ -80,8 +85,9 @@ pub fn python_venv(
         venv.display(),
         requirements.join(", ")
     ));
-    std::fs::create_dir_all(venv.parent().context("venv path")?)?;
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    let parent = venv.parent().context("venv path")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
         .args(requirements);
@@ -89,7 +95,7 @@ pub fn python_venv(
         pip.env(k, v);
     }
     run(&mut pip).context("pip install failed: is PyPI reachable?")?;
-    std::fs::write(&marker, wanted)?;
+    std::fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
     Ok(python)
 }
 

@@ -101,6 +101,10 @@ pub fn run(root: &Path) -> Result<()> {
 
     crate::fuzz::smoke(root)?;
 
+    // Last: the trainer's `cuda` feature, compiled with nvcc from PyPI (no GPU). Its own target
+    // directory, cached outside the checkout, so a warm run is seconds.
+    crate::cuda::check(root)?;
+
     eprintln!(
         "\nxtask test: all steps passed in {:.1} min",
         started.elapsed().as_secs_f64() / 60.0
