@@ -16,6 +16,7 @@ pub mod plot;
 pub mod prepare;
 pub mod rollout;
 pub mod router;
+pub mod stats;
 pub mod tasks;
 pub mod train;
 pub mod update;

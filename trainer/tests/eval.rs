@@ -1,6 +1,7 @@
 //! `eval`'s instruments on the tiny model: the table adds up, every problem has a line, the cap
-//! is a hard cap over the run with over-budget problems answered locally, and cloud only scores
-//! what the simulated cloud does.
+//! is a hard cap over the run with over-budget problems answered locally, cloud only scores
+//! what the simulated cloud does, sampled answers are reproducible, and each line says which
+//! subset its problem is from.
 
 mod support;
 
@@ -56,6 +57,15 @@ fn run_with(
     budget: f64,
     cloud: Option<EvalCloud>,
 ) -> Vec<ProblemRecord> {
+    run_config(problems, policy, cloud, &config(budget))
+}
+
+fn run_config(
+    problems: &[Problem],
+    policy: &Policy,
+    cloud: Option<EvalCloud>,
+    config: &EvalConfig,
+) -> Vec<ProblemRecord> {
     let package = support::tiny_with_offload(256);
     let task = parse_task(TASK).unwrap();
     let engine = engine(&package);
@@ -71,7 +81,7 @@ fn run_with(
             task.as_ref(),
             problems,
             policy,
-            &config(budget),
+            config,
             |_| seen += 1,
         ))
         .expect("evaluate");
@@ -89,6 +99,8 @@ fn summary(records: &[ProblemRecord], budget: f64) -> Summary {
             cloud: "simulated",
             budget,
             max_cloud_calls: (budget * records.len() as f64 + 1e-9).floor() as usize,
+            temperature: 0.0,
+            seed: 0,
         },
     )
 }
@@ -272,6 +284,8 @@ fn the_summary_of_known_lines() {
             index,
             id: index as u64,
             difficulty: 1 + (index % 2) as u32,
+            subset: String::new(),
+            system_prompt: false,
             question: String::new(),
             reference: String::new(),
             route,
@@ -310,6 +324,156 @@ fn the_summary_of_known_lines() {
         table.contains("| test | 10 | 60.0 | 40.0 | 66.7 | 60.0 |"),
         "{table}"
     );
+}
+
+/// Local answers sampled at `temperature` from `seed`, as (id, text).
+fn sampled(problems: &[Problem], temperature: f32, seed: u64) -> Vec<(u64, String)> {
+    let mut config = config(0.3);
+    config.generation.sampling.temperature = temperature;
+    config.generation.sampling.seed = seed;
+    run_config(problems, &Policy::Local, None, &config)
+        .into_iter()
+        .map(|r| (r.id, r.local_text))
+        .collect()
+}
+
+#[test]
+fn sampled_answers_follow_the_seed_and_the_problem_not_its_place() {
+    let problems = problems(8);
+    let first = sampled(&problems, 1.0, 5);
+    // The same seed, the same answers; another seed, other answers.
+    assert_eq!(sampled(&problems, 1.0, 5), first);
+    assert_ne!(sampled(&problems, 1.0, 6), first);
+    // An answer depends on its problem, not on where the problem stands in the run.
+    let reversed: Vec<Problem> = problems.iter().rev().cloned().collect();
+    let mut back = sampled(&reversed, 1.0, 5);
+    back.reverse();
+    assert_eq!(back, first);
+    // Problems of the same text but other ids are drawn apart: one seed for all would give
+    // every copy the same answer.
+    let copies: Vec<Problem> = (0..8)
+        .map(|i| Problem {
+            id: 1000 + i,
+            ..problems[0].clone()
+        })
+        .collect();
+    let answers: std::collections::HashSet<String> = sampled(&copies, 1.0, 5)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert!(answers.len() > 1, "{answers:?}");
+    // Greedy answers do not depend on the seed.
+    assert_eq!(sampled(&problems, 0.0, 5), sampled(&problems, 0.0, 6));
+}
+
+#[test]
+fn lines_carry_the_subset_and_the_system_prompt() {
+    let mut problems = problems(6);
+    for (i, p) in problems.iter_mut().enumerate() {
+        p.subset = if i < 4 {
+            "everyday"
+        } else {
+            "held-out-phrasing"
+        }
+        .into();
+        p.system = (i % 2 == 0).then(|| "You are a helpful assistant.".to_string());
+    }
+    let records = run(&problems, &Policy::Local, 0.3, 0.9);
+    for (r, p) in records.iter().zip(&problems) {
+        assert_eq!(r.subset, p.subset);
+        assert_eq!(r.system_prompt, p.system.is_some());
+    }
+    let line = serde_json::to_value(&records[0]).unwrap();
+    assert_eq!(line["subset"], "everyday");
+    assert_eq!(line["system_prompt"], true);
+    assert_eq!(line["difficulty"], problems[0].difficulty);
+    let s = summary(&records, 0.3);
+    let parts: Vec<(&str, usize)> = s
+        .by_subset
+        .iter()
+        .map(|p| (p.subset.as_str(), p.n))
+        .collect();
+    assert_eq!(parts, [("everyday", 4), ("held-out-phrasing", 2)]);
+    // Single-part tasks have no subset rows, in the summary or its table.
+    let plain = run(
+        &problems[..2]
+            .iter()
+            .map(|p| Problem {
+                subset: String::new(),
+                ..p.clone()
+            })
+            .collect::<Vec<_>>(),
+        &Policy::Local,
+        0.3,
+        0.9,
+    );
+    let s = summary(&plain, 0.3);
+    assert!(s.by_subset.is_empty());
+    assert!(!markdown(&s).contains("| subset |"));
+}
+
+#[test]
+fn the_subset_rows_of_known_lines() {
+    // everyday: 3 problems, 2 right locally, 1 wrong from the cloud; held-out: 1 right from the
+    // cloud, 1 right after a failed call (local), 1 wrong locally.
+    let lines = [
+        ("everyday", EvalRoute::Local, true),
+        ("everyday", EvalRoute::Local, true),
+        ("everyday", EvalRoute::Cloud, false),
+        ("held-out-phrasing", EvalRoute::Cloud, true),
+        ("held-out-phrasing", EvalRoute::Fallback, true),
+        ("held-out-phrasing", EvalRoute::Local, false),
+    ];
+    let records: Vec<ProblemRecord> = lines
+        .iter()
+        .enumerate()
+        .map(|(index, &(subset, route, correct))| ProblemRecord {
+            index,
+            id: index as u64,
+            difficulty: 1,
+            subset: subset.into(),
+            system_prompt: false,
+            question: String::new(),
+            reference: String::new(),
+            route,
+            over_budget: false,
+            local_text: String::new(),
+            answer: String::new(),
+            correct,
+            local_tokens: 1,
+            cloud_tokens: 0,
+            latency_ms: 1.0,
+            first_token_ms: None,
+        })
+        .collect();
+    let s = summary(&records, 1.0);
+    let rows: Vec<(&str, usize, f64, f64, f64)> = s
+        .by_subset
+        .iter()
+        .map(|p| {
+            (
+                p.subset.as_str(),
+                p.n,
+                p.accuracy,
+                p.local_accuracy,
+                p.cloud_call_ratio,
+            )
+        })
+        .collect();
+    let third = 1.0 / 3.0;
+    assert_eq!(
+        rows,
+        [
+            ("everyday", 3, 2.0 * third, 2.0 * third, third),
+            ("held-out-phrasing", 3, 2.0 * third, third, 2.0 * third)
+        ]
+    );
+    let table = markdown(&s);
+    assert!(
+        table.contains("| held-out-phrasing | 3 | 66.7 | 33.3 | 66.7 |"),
+        "{table}"
+    );
+    assert!(table.contains("greedy decoding"), "{table}");
 }
 
 /// `eval --sweep` as a user runs it: one evaluation per setting plus the all-local and all-cloud
@@ -368,5 +532,73 @@ fn a_sweep_writes_the_cost_quality_curve() {
     assert_eq!(curve.points[0].accuracy, curve.local_accuracy);
     let table = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert_eq!(table.lines().count(), 2 + 2 + 3, "{table}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `eval --temperature` as a user runs it: the temperature reaches the model (other answers than
+/// greedy), the same --seed gives the same answers, and the summary records how it decoded.
+#[test]
+fn eval_samples_at_the_temperature_asked_for() {
+    use std::process::Command;
+
+    let dir = std::env::temp_dir().join(format!("selfroute-eval-temp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    std::fs::write(
+        &model,
+        support::gguf::GgufBuilder::tiny_llama_with_offload(256).bytes(),
+    )
+    .unwrap();
+    let eval = |temperature: &str, out: &str| {
+        let out = dir.join(out);
+        let run = Command::new(env!("CARGO_BIN_EXE_selfroute-train"))
+            .args(["eval", "--model"])
+            .arg(&model)
+            .args([
+                "--task",
+                TASK,
+                "--problems",
+                "8",
+                "--max-new-tokens",
+                "4",
+                "--route",
+                "local",
+                "--seed",
+                "4",
+                "--temperature",
+                temperature,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        (run.status.success(), stderr, out)
+    };
+    let answers = |out: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(out.join("problems.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<ProblemRecord>(l).unwrap().local_text)
+            .collect()
+    };
+    let (ok, stderr, hot) = eval("1", "hot");
+    assert!(ok, "{stderr}");
+    let (ok, stderr, again) = eval("1", "again");
+    assert!(ok, "{stderr}");
+    let (ok, stderr, greedy) = eval("0", "greedy");
+    assert!(ok, "{stderr}");
+    assert_eq!(answers(&hot), answers(&again));
+    assert_ne!(answers(&hot), answers(&greedy));
+    let summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(hot.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary.temperature, summary.seed), (1.0, 4));
+    let table = std::fs::read_to_string(hot.join("summary.md")).unwrap();
+    assert!(
+        table.contains("sampled at temperature 1 (seed 4)"),
+        "{table}"
+    );
+    let (ok, stderr, _) = eval("-1", "cold");
+    assert!(!ok && stderr.contains("--temperature"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,6 @@
 //! Evaluation as the paper's protocol asks, through the path users run: the exported model in the
-//! inference engine, a routing [`Assistant`] with the offload signal and bias, greedy decoding,
-//! and a hard cap of `floor(budget * N)` cloud calls over the N problems; a problem the cap
+//! inference engine, a routing [`Assistant`] with the offload signal and bias, greedy decoding
+//! (or sampling, seeded per problem), and a hard cap of `floor(budget * N)` cloud calls over the N problems; a problem the cap
 //! refuses is answered locally with the offload token masked.
 //!
 //! The cap is the Assistant's own [`selfroute_core::CloudBudget`] with a window of N requests: it
@@ -13,13 +13,14 @@
 //! cloud, which masks the offload token.
 
 pub mod cloud;
+pub mod compare;
 pub mod report;
 
 use selfroute_core::budget::CloudBudget;
 use selfroute_core::openai::ChatRequest;
 use selfroute_core::{
-    Assistant, Backend, ChatTemplate, CloudClient, Control, GenerationParams, LocalReason, Message,
-    Route, RouteEvent, Tokenizer,
+    Assistant, Backend, ChatTemplate, CloudClient, Control, GenerationParams, LocalReason, Route,
+    RouteEvent, Tokenizer,
 };
 use selfroute_engine::{RoutingOptions, build_assistant};
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ pub use report::{RunLabels, Summary, markdown, summarize};
 
 use crate::error::{Result, TrainError};
 use crate::tasks::{Problem, Task, Verdict};
-use crate::train::prompt_text;
+use crate::train::prompt_messages;
 
 /// Who decides where a problem goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +51,8 @@ pub enum Policy {
 pub struct EvalConfig {
     /// Most cloud calls as a share of the problems (floor(budget * N) calls).
     pub budget: f64,
-    /// Local generation (greedy for the paper's protocol).
+    /// Local generation (greedy for the paper's protocol). When sampling, each problem is
+    /// sampled from its own seed, mixed from `generation.sampling.seed` and the problem's id.
     pub generation: GenerationParams,
     /// The `model` field of cloud requests.
     pub cloud_model: String,
@@ -87,6 +89,13 @@ pub struct ProblemRecord {
     pub index: usize,
     pub id: u64,
     pub difficulty: u32,
+    /// The part of the task's mix the problem is from; empty for single-part tasks (and in lines
+    /// written before subsets existed).
+    #[serde(default)]
+    pub subset: String,
+    /// Whether the conversation began with a system prompt.
+    #[serde(default)]
+    pub system_prompt: bool,
     pub question: String,
     pub reference: String,
     pub route: EvalRoute,
@@ -158,6 +167,7 @@ pub async fn evaluate<B: Backend, C: CloudClient>(
             };
             let mut assistant = build_assistant(backend, tokenizer, template, cloud, &options)?;
             for (index, problem) in problems.iter().enumerate() {
+                seed_for(&mut assistant, config, problem);
                 let record = ask_assistant(&mut assistant, task, problem, index).await?;
                 on_problem(&record);
                 records.push(record);
@@ -187,6 +197,7 @@ pub async fn evaluate<B: Backend, C: CloudClient>(
                 };
                 let allowed = wants && budget.allows_cloud();
                 budget.record(allowed);
+                seed_for(&mut local, config, problem);
                 let record = match (&cloud, allowed) {
                     (Some(c), true) => {
                         ask_cloud(c, &mut local, task, problem, index, config).await?
@@ -205,11 +216,33 @@ pub async fn evaluate<B: Backend, C: CloudClient>(
     Ok(records)
 }
 
+/// Seeds the Assistant's sampler for `problem`. The sampler restarts from its seed on every
+/// generation, so one seed for all would draw the same random numbers for every problem; a seed
+/// per problem id keeps the problems' draws apart, makes an answer independent of the problem's
+/// position, and gives every method the same draws on the same problem (which the paired
+/// comparison of methods profits from).
+fn seed_for<B: Backend, C: CloudClient>(
+    assistant: &mut Assistant<B, C>,
+    config: &EvalConfig,
+    problem: &Problem,
+) {
+    assistant.config_mut().generation.sampling.seed =
+        problem_seed(config.generation.sampling.seed, problem.id);
+}
+
+/// The sampling seed of problem `id` under the run's `seed`.
+pub fn problem_seed(seed: u64, id: u64) -> u64 {
+    // One SplitMix64 step over the combination: nearby seeds or ids give unrelated streams.
+    selfroute_core::rng::SplitMix64::new(seed ^ id.rotate_left(32)).next_u64()
+}
+
 fn record_for(problem: &Problem, index: usize) -> ProblemRecord {
     ProblemRecord {
         index,
         id: problem.id,
         difficulty: problem.difficulty,
+        subset: problem.subset.clone(),
+        system_prompt: problem.system.is_some(),
         question: problem.question.clone(),
         reference: problem.answer.clone(),
         route: EvalRoute::Local,
@@ -231,7 +264,7 @@ async fn ask_assistant<B: Backend, C: CloudClient>(
     problem: &Problem,
     index: usize,
 ) -> Result<ProblemRecord> {
-    let messages = [Message::user(prompt_text(task, problem))];
+    let messages = prompt_messages(task, problem);
     let mut local_text = String::new();
     let outcome = assistant
         .chat(&messages, |event| {
@@ -270,10 +303,7 @@ async fn ask_cloud<B: Backend, C: CloudClient, L: CloudClient>(
 ) -> Result<ProblemRecord> {
     let started = Instant::now();
     let mut first: Option<Instant> = None;
-    let mut request = ChatRequest::new(
-        config.cloud_model.clone(),
-        vec![Message::user(prompt_text(task, problem))],
-    );
+    let mut request = ChatRequest::new(config.cloud_model.clone(), prompt_messages(task, problem));
     request.stream = true;
     request.max_tokens = config.cloud_max_tokens;
     let reply = cloud

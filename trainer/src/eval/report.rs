@@ -15,6 +15,12 @@ pub struct Summary {
     /// The budget share and the cap it gives, floor(budget * N) (N for cloud only).
     pub budget: f64,
     pub max_cloud_calls: usize,
+    /// The local model's sampling temperature (0: greedy, the paper's protocol) and the seed each
+    /// problem's sampling seed is mixed from.
+    #[serde(default)]
+    pub temperature: f32,
+    #[serde(default)]
+    pub seed: u64,
     /// Correct answers / N.
     pub accuracy: f64,
     /// Correct local answers / N (fallbacks count as local: the local model answered).
@@ -39,6 +45,9 @@ pub struct Summary {
     pub mean_first_token_ms: f64,
     /// Accuracy and cloud share per difficulty level, lowest first.
     pub by_difficulty: Vec<LevelSummary>,
+    /// The same per part of the task's mix, by name; empty for single-part tasks.
+    #[serde(default)]
+    pub by_subset: Vec<SubsetSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +55,18 @@ pub struct LevelSummary {
     pub difficulty: u32,
     pub n: usize,
     pub accuracy: f64,
+    pub cloud_call_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubsetSummary {
+    /// Empty for problems outside any named part (in a task that mixes named and unnamed ones).
+    pub subset: String,
+    pub n: usize,
+    pub accuracy: f64,
+    /// Correct local answers / the subset's problems.
+    pub local_accuracy: f64,
+    /// Problems sent to the cloud (failed calls included) / the subset's problems.
     pub cloud_call_ratio: f64,
 }
 
@@ -57,6 +78,8 @@ pub struct RunLabels<'a> {
     pub cloud: &'a str,
     pub budget: f64,
     pub max_cloud_calls: usize,
+    pub temperature: f32,
+    pub seed: u64,
 }
 
 fn share(count: usize, of: usize) -> f64 {
@@ -119,6 +142,8 @@ pub fn summarize(records: &[ProblemRecord], labels: &RunLabels<'_>) -> Summary {
         n,
         budget: labels.budget,
         max_cloud_calls: labels.max_cloud_calls,
+        temperature: labels.temperature,
+        seed: labels.seed,
         accuracy: share(correct_local + correct_cloud, n),
         local_accuracy: share(correct_local, n),
         cloud_accuracy_share: share(correct_cloud, n),
@@ -139,7 +164,36 @@ pub fn summarize(records: &[ProblemRecord], labels: &RunLabels<'_>) -> Summary {
             first.iter().sum::<f64>() / first.len() as f64
         },
         by_difficulty,
+        by_subset: by_subset(records),
     }
+}
+
+/// Per subset, in name order; none when every problem's subset is empty (a single-part task).
+fn by_subset(records: &[ProblemRecord]) -> Vec<SubsetSummary> {
+    if records.iter().all(|r| r.subset.is_empty()) {
+        return Vec::new();
+    }
+    let mut names: Vec<&str> = records.iter().map(|r| r.subset.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let at: Vec<&ProblemRecord> = records.iter().filter(|r| r.subset == name).collect();
+            let count =
+                |keep: &dyn Fn(&ProblemRecord) -> bool| at.iter().filter(|r| keep(r)).count();
+            SubsetSummary {
+                subset: name.to_string(),
+                n: at.len(),
+                accuracy: share(count(&|r| r.correct), at.len()),
+                local_accuracy: share(
+                    count(&|r| r.correct && r.route != EvalRoute::Cloud),
+                    at.len(),
+                ),
+                cloud_call_ratio: share(count(&|r| r.route != EvalRoute::Local), at.len()),
+            }
+        })
+        .collect()
 }
 
 fn pct(x: f64) -> String {
@@ -167,16 +221,27 @@ pub fn markdown_row(s: &Summary) -> String {
     )
 }
 
-/// summary.md: the table, what was run, and accuracy and cloud share per difficulty level.
+/// How the local answers were decoded, for the Markdown's header.
+fn decoding(s: &Summary) -> String {
+    if s.temperature > 0.0 {
+        format!("sampled at temperature {} (seed {})", s.temperature, s.seed)
+    } else {
+        "greedy decoding".to_string()
+    }
+}
+
+/// summary.md: the table, what was run, and accuracy and cloud share per difficulty level and
+/// per subset.
 pub fn markdown(s: &Summary) -> String {
     let mut out = format!(
-        "# {} on {}\n\nModel `{}`, cloud: {}, greedy decoding, at most {} cloud calls \
+        "# {} on {}\n\nModel `{}`, cloud: {}, {}, at most {} cloud calls \
          (budget {}% of {} problems); problems over the cap answered locally with \
          `<|offload|>` masked ({} were).\n\n",
         s.method,
         s.task,
         s.model,
         s.cloud,
+        decoding(s),
         s.max_cloud_calls,
         pct(s.budget),
         s.n,
@@ -193,6 +258,25 @@ pub fn markdown(s: &Summary) -> String {
             pct(level.accuracy),
             pct(level.cloud_call_ratio)
         ));
+    }
+    if !s.by_subset.is_empty() {
+        out.push_str(
+            "\n| subset | N | accuracy % | local acc. % | cloud calls % |\n|---|---:|---:|---:|---:|\n",
+        );
+        for part in &s.by_subset {
+            let name = if part.subset.is_empty() {
+                "(none)".to_string()
+            } else {
+                part.subset.replace('|', "\\|")
+            };
+            out.push_str(&format!(
+                "| {name} | {} | {} | {} | {} |\n",
+                part.n,
+                pct(part.accuracy),
+                pct(part.local_accuracy),
+                pct(part.cloud_call_ratio)
+            ));
+        }
     }
     out
 }

@@ -49,7 +49,7 @@ pub struct EvalArgs {
     /// The GGUF to evaluate (e.g. from `export` or `prepare`).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// arith, arith:LO-HI, countdown, countdown:N or jsonl:PATH.
+    /// arith, arith:LO-HI, countdown, countdown:N, mix or jsonl:PATH.
     #[arg(long, default_value = "arith")]
     task: String,
     #[arg(long, value_enum, default_value = "test")]
@@ -86,9 +86,14 @@ pub struct EvalArgs {
     /// Most tokens of a local answer.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
-    /// Picks the problems, the simulated cloud's verdicts and the random route's choice.
+    /// Picks the problems, the simulated cloud's verdicts and the random route's choice, and
+    /// (mixed with each problem's id) the local model's sampling at --temperature above 0.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The local model's sampling temperature: 0 is greedy (the paper's protocol); 1 evaluates
+    /// the policy as training samples it. The same --seed gives the same answers.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    temperature: f32,
     /// The method's name in the table (default: from the route).
     #[arg(long)]
     method: Option<String>,
@@ -197,6 +202,12 @@ impl Decider {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!(
+            "--temperature {} must be 0 (greedy) or more",
+            args.temperature
+        );
+    }
     prepare_output_dir(&args.out)?;
     // One runtime for the engine's loads and the whole run: an HTTP cloud client needs tokio.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -390,7 +401,8 @@ fn run_once(
         generation: GenerationParams {
             max_new_tokens: args.max_new_tokens,
             sampling: SamplingParams {
-                temperature: 0.0,
+                temperature: args.temperature,
+                seed: args.seed,
                 ..SamplingParams::default()
             },
             ..GenerationParams::default()
@@ -399,10 +411,12 @@ fn run_once(
         cloud_max_tokens: Some(args.cloud_max_tokens),
     };
     eprintln!(
-        "evaluating {} on {n} {} problems ({method}; {cloud_name}; {}; at most {} cloud calls)",
+        "evaluating {} on {n} {} problems ({method}; {cloud_name}; {}; temperature {}; at most {} \
+         cloud calls)",
         setup.model_name,
         setup.task.name(),
         selection.reason,
+        args.temperature,
         max_calls(config.budget, n)
     );
     let progress = EvalProgress::new(n);
@@ -427,6 +441,8 @@ fn run_once(
             cloud: &cloud_name,
             budget: config.budget,
             max_cloud_calls: max_calls(config.budget, n),
+            temperature: args.temperature,
+            seed: args.seed,
         },
     );
     Ok((summary, records))

@@ -1,5 +1,6 @@
 //! `selfroute-train`: teaches a small model when to offload (arXiv:2509.24050).
 
+mod compare;
 mod curve;
 mod device;
 mod eval;
@@ -32,8 +33,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Write a trained checkpoint as a GGUF file the inference engine and the browser load.
     Export(export::ExportArgs),
-    /// Evaluate a GGUF on held-out problems under a cloud budget (greedy, through the engine).
+    /// Evaluate a GGUF on held-out problems under a cloud budget (greedy or sampled, through the
+    /// engine).
     Eval(eval::EvalArgs),
+    /// Compare `eval` runs of the same problems: bootstrap intervals and paired differences.
+    Compare(compare::CompareArgs),
     /// Fit a prompt router: a probe on the model's answer-position state predicting wrong answers.
     Router(router::RouterArgs),
     /// Draw training curves (metrics.jsonl) and the cost-quality curve (curve.json) as SVG and
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Router(args) => router::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Curve(args) => curve::run(args),
