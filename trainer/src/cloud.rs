@@ -187,9 +187,7 @@ impl CloudOracle for HttpCloud {
         // The cloud gets the same question the local model got (the original conversation).
         let mut request = selfroute_core::openai::ChatRequest::new(
             self.model.clone(),
-            vec![selfroute_core::Message::user(crate::train::prompt_text(
-                task, problem,
-            ))],
+            crate::train::prompt_messages(task, problem),
         );
         request.max_tokens = self.max_tokens;
         let reply = self.runtime.block_on(

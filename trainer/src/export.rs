@@ -1,15 +1,17 @@
 //! Writing a trained model as GGUF: the source file's metadata (tokenizer, chat template, config),
-//! with a vocabulary grown by any added tokens, and the trained weights in the chosen format.
-//! Matrices are quantized (Q8_0, Q4_1) or stored as F16/F32; norms and biases stay F32, as
-//! llama.cpp's converter does.
+//! with a vocabulary grown by any added tokens, and the weights. A tensor training left as it was
+//! is copied from the source file in its own type, byte for byte (a model trained in a few blocks
+//! keeps the rest of its file); a changed one is written in the chosen format: quantized (Q8_0,
+//! Q4_1) or F16/F32. Norms and biases stay F32, as llama.cpp's converter does.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use candle_core::DType;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use selfroute_core::{GgufFile, WeightKey};
+use selfroute_core::{GgufFile, TensorDType, WeightKey};
 
 use crate::error::{Result, TrainError};
 use crate::model::TrainableModel;
@@ -86,6 +88,10 @@ pub fn gguf_bytes(
             continue;
         };
         let t = var.as_tensor().to_dtype(DType::F32)?;
+        if let Some(kept) = unchanged_source_tensor(source, &key.gguf_name(), &t)? {
+            tensors.push((key.gguf_name(), kept));
+            continue;
+        }
         let dtype = if t.rank() == 2 && t.dim(1)? % format.ggml().block_size() == 0 {
             format.ggml()
         } else {
@@ -98,6 +104,48 @@ pub fn gguf_bytes(
     let mut out = Cursor::new(Vec::new());
     gguf_file::write(&mut out, &meta_refs, &tensor_refs)?;
     Ok(out.into_inner())
+}
+
+/// The source file's tensor `name`, as stored, when `trained` holds exactly its values (what the
+/// trainer loaded and did not move); None when it changed, changed shape or is not in the source.
+fn unchanged_source_tensor(
+    source: &GgufFile,
+    name: &str,
+    trained: &candle_core::Tensor,
+) -> Result<Option<QTensor>> {
+    let Some(data) = source.tensor_by_name(name)? else {
+        return Ok(None);
+    };
+    if data.shape != trained.dims() {
+        return Ok(None);
+    }
+    let device = trained.device();
+    let loaded = selfroute_candle::f32_tensor(&data, device)?;
+    // Counted in f32: a u8 sum of the mismatches would wrap.
+    let differing = loaded.ne(trained)?.to_dtype(DType::F32)?.sum_all()?;
+    let same = differing.to_scalar::<f32>()? == 0.0;
+    if !same {
+        return Ok(None);
+    }
+    Ok(Some(qtensor_from_ggml(
+        ggml_type(data.dtype),
+        &data.bytes,
+        data.shape.clone(),
+        device,
+    )?))
+}
+
+fn ggml_type(dtype: TensorDType) -> GgmlDType {
+    match dtype {
+        TensorDType::F32 => GgmlDType::F32,
+        TensorDType::F16 => GgmlDType::F16,
+        TensorDType::BF16 => GgmlDType::BF16,
+        TensorDType::Q8_0 => GgmlDType::Q8_0,
+        TensorDType::Q4_0 => GgmlDType::Q4_0,
+        TensorDType::Q4_1 => GgmlDType::Q4_1,
+        TensorDType::Q4K => GgmlDType::Q4K,
+        TensorDType::Q6K => GgmlDType::Q6K,
+    }
 }
 
 fn extend_array(value: &Value, extra: impl Iterator<Item = Value>) -> Result<Value> {

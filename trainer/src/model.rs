@@ -35,6 +35,8 @@ pub struct TrainableModel {
     output: Option<Var>,
     output_norm: Var,
     layers: Vec<LayerVars>,
+    /// Set by [`Self::train_only`]: what training may move; None: every weight.
+    restriction: Option<Restriction>,
     /// [context, head_dim / 2]
     cos: Tensor,
     sin: Tensor,
@@ -103,11 +105,98 @@ impl TrainableModel {
             output,
             output_norm,
             layers,
+            restriction: None,
             cos,
             sin,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// Restricts training to the top `top_layers` blocks, the final norm and the head rows
+    /// `head_rows` (the offload token's, so the policy gradient trains its logit): the rest of
+    /// the model is a constant, backprop stops below the lowest trainable block, and an export
+    /// keeps the untouched tensors in their source type. Call before creating an optimiser.
+    pub fn train_only(&mut self, top_layers: usize, head_rows: &[u32]) -> Result<()> {
+        let layers = self.config.num_layers;
+        if top_layers == 0 || top_layers > layers {
+            return Err(TrainError::InvalidSettings(format!(
+                "--train-layers must be 1 to {layers} (the model's blocks); got {top_layers}"
+            )));
+        }
+        let mut ids: Vec<u32> = head_rows.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let head = self.head().as_tensor();
+        let (vocab, _) = head.dims2()?;
+        let rows = ids
+            .into_iter()
+            .map(|id| -> Result<(u32, Var)> {
+                if id as usize >= vocab {
+                    return Err(TrainError::InvalidSettings(format!(
+                        "head row {id} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                Ok((
+                    id,
+                    Var::from_tensor(&head.narrow(0, id as usize, 1)?.copy()?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.restriction = Some(Restriction {
+            first_layer: layers - top_layers,
+            rows,
+        });
+        Ok(())
+    }
+
+    /// The variables training moves, with their names (the optimiser's and the gradient's): all
+    /// of [`Self::named_vars`], or under [`Self::train_only`] the top blocks', the final norm
+    /// and one `head_row.ID` variable per trained head row.
+    pub fn trainable_vars(&self) -> Result<Vec<(String, Var)>> {
+        let all = self.named_vars()?;
+        let Some(r) = &self.restriction else {
+            return Ok(all);
+        };
+        let trained_layer = |name: &str| {
+            name.strip_prefix("model.layers.")
+                .and_then(|rest| rest.split_once('.'))
+                .and_then(|(l, _)| l.parse::<usize>().ok())
+                .is_some_and(|l| l >= r.first_layer)
+        };
+        let norm = WeightKey::OutputNorm.hf_name();
+        let mut vars: Vec<(String, Var)> = all
+            .into_iter()
+            .filter(|(name, _)| trained_layer(name) || *name == norm)
+            .collect();
+        vars.extend(
+            r.rows
+                .iter()
+                .map(|(id, var)| (format!("head_row.{id}"), var.clone())),
+        );
+        Ok(vars)
+    }
+
+    /// Writes the trained head rows into the head, so everything that reads the head (the fast
+    /// rollouts, checkpoints, export) sees them. The trainer calls it after every step.
+    pub fn commit_head_rows(&self) -> Result<()> {
+        if let Some(r) = &self.restriction {
+            for (id, var) in &r.rows {
+                self.set_head_row(*id, var.as_tensor())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the trained head rows back from the head (after a checkpoint set the weights).
+    pub fn reload_head_rows(&self) -> Result<()> {
+        if let Some(r) = &self.restriction {
+            let head = self.head().as_tensor();
+            for (id, var) in &r.rows {
+                var.set(&head.narrow(0, *id as usize, 1)?)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -158,7 +247,158 @@ impl TrainableModel {
             )));
         }
         let x = self.hidden(ids, 0, None)?.narrow(1, first, seq - first)?;
-        linear(&x, self.head())
+        self.head_logits(&x)
+    }
+
+    /// Logits for responses that share one prompt, the prompt computed once: `prompt` `[1, P]`,
+    /// `responses` `[n, R]` (each response's tokens but its last, right-padded; R may be 0).
+    /// Returns `[n, R + 1, vocab]`: position 0 is the prompt's last (it predicts each response's
+    /// first token, the same logits for every row), position j + 1 is response token j. Each
+    /// block's prompt keys and values serve every row; backprop sums their gradients over the
+    /// rows, so the gradient is that of n separate (prompt + response) sequences.
+    pub fn forward_shared_prompt(&self, prompt: &Tensor, responses: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (one, p) = prompt.dims2()?;
+        let (n, r) = responses.dims2()?;
+        if one != 1 || p == 0 || n == 0 {
+            return Err(TrainError::InvalidSettings(format!(
+                "a shared prompt is one non-empty sequence with at least one response (got \
+                 prompt {:?}, responses {:?})",
+                prompt.dims(),
+                responses.dims()
+            )));
+        }
+        if p + r > c.context_length {
+            return Err(TrainError::InvalidSettings(format!(
+                "{} tokens exceed the context of {}",
+                p + r,
+                c.context_length
+            )));
+        }
+        let eps = f64::from(c.rms_norm_eps);
+        let first_trained = self.restriction.as_ref().map_or(0, |r| r.first_layer);
+        let embed = match &self.restriction {
+            Some(_) => self.embed.as_tensor().detach(),
+            None => self.embed.as_tensor().clone(),
+        };
+        let lookup = |ids: &Tensor, rows: usize, len: usize| -> Result<Tensor> {
+            Ok(embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((rows, len, c.hidden_size))?)
+        };
+        let mut xp = lookup(prompt, 1, p)?;
+        let mut xr = if r > 0 {
+            Some(lookup(responses, n, r)?)
+        } else {
+            None
+        };
+        let prompt_mask = if p > 1 {
+            Some(causal_mask(p, 0, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let (cos_p, sin_p) = (self.cos.narrow(0, 0, p)?, self.sin.narrow(0, 0, p)?);
+        // The responses' mask and rotations (positions p..p + r); unused when r is 0.
+        let span = r.max(1).min(c.context_length - p);
+        let response_mask = causal_mask(span, p, self.dtype, &self.device)?;
+        let (cos_r, sin_r) = (self.cos.narrow(0, p, span)?, self.sin.narrow(0, p, span)?);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let hp = rms_norm(&xp, &layer.attn_norm, eps)?;
+            let (qp, kp, vp) = self.project_qkv(layer, &hp, &cos_p, &sin_p)?;
+            let ap = self.attend(layer, &qp, kp.clone(), vp.clone(), prompt_mask.as_ref())?;
+            if let Some(x) = xr.take() {
+                let hr = rms_norm(&x, &layer.attn_norm, eps)?;
+                let (qr, kr, vr) = self.project_qkv(layer, &hr, &cos_r, &sin_r)?;
+                let (_, kv, _, d) = kp.dims4()?;
+                let k = Tensor::cat(&[kp.expand((n, kv, p, d))?, kr], 2)?;
+                let v = Tensor::cat(&[vp.expand((n, kv, p, d))?, vr], 2)?;
+                let ar = self.attend(layer, &qr, k, v, Some(&response_mask))?;
+                let x = (x + ar)?;
+                xr = Some(self.feed_forward(layer, x, eps)?);
+            }
+            xp = self.feed_forward(layer, (xp + ap)?, eps)?;
+            if l + 1 == first_trained {
+                // As in `hidden`: nothing below trains.
+                xp = xp.detach();
+                xr = xr.map(|x| x.detach());
+            }
+        }
+        let last = rms_norm(&xp.narrow(1, p - 1, 1)?, &self.output_norm, eps)?;
+        let last = self.head_logits(&last)?;
+        let vocab = last.dim(D::Minus1)?;
+        let last = last.expand((n, 1, vocab))?;
+        match xr {
+            Some(x) => {
+                let rest = self.head_logits(&rms_norm(&x, &self.output_norm, eps)?)?;
+                Ok(Tensor::cat(&[last, rest], 1)?)
+            }
+            None => Ok(last.contiguous()?),
+        }
+    }
+
+    /// A block's feed-forward half with its residual: `x + down(silu(gate(h)) * up(h))`.
+    fn feed_forward(&self, layer: &LayerVars, x: Tensor, eps: f64) -> Result<Tensor> {
+        let h = rms_norm(&x, &layer.ffn_norm, eps)?;
+        let gate = linear(&h, layer.gate.as_tensor())?.silu()?;
+        let up = linear(&h, layer.up.as_tensor())?;
+        Ok((x + linear(&(gate * up)?, layer.down.as_tensor())?)?)
+    }
+
+    /// Queries `[b, heads, t, d]` and keys and values `[b, kv_heads, t, d]` of `h`, rotated for
+    /// the positions `cos`/`sin` cover.
+    fn project_qkv(
+        &self,
+        layer: &LayerVars,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let (batch, seq, _) = h.dims3()?;
+        let mut q = linear(h, layer.q.as_tensor())?;
+        let mut k = linear(h, layer.k.as_tensor())?;
+        let mut v = linear(h, layer.v.as_tensor())?;
+        if let Some((bq, bk, bv)) = &layer.qkv_bias {
+            q = q.broadcast_add(bq.as_tensor())?;
+            k = k.broadcast_add(bk.as_tensor())?;
+            v = v.broadcast_add(bv.as_tensor())?;
+        }
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq, n, c.head_dim))?.transpose(1, 2)?)
+        };
+        let cos = cos.narrow(0, 0, seq)?;
+        let sin = sin.narrow(0, 0, seq)?;
+        let q = rope(&heads(q, c.num_heads)?, &cos, &sin, c.rope_layout)?;
+        let k = rope(&heads(k, c.num_kv_heads)?, &cos, &sin, c.rope_layout)?;
+        Ok((q, k, heads(v, c.num_kv_heads)?))
+    }
+
+    /// Scaled dot-product attention of `q` over `k`/`v` (grouped-query heads repeated), masked,
+    /// then the output projection.
+    fn attend(
+        &self,
+        layer: &LayerVars,
+        q: &Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (batch, _, seq, _) = q.dims4()?;
+        let group = c.num_heads / c.num_kv_heads;
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = probs.matmul(&v.contiguous()?)?;
+        let out = out
+            .transpose(1, 2)?
+            .reshape((batch, seq, c.num_heads * c.head_dim))?;
+        linear(&out, layer.o.as_tensor())
     }
 
     /// Logits for `ids` `[batch, seq]` at positions `cache.len()..`, extending `cache`. For
@@ -245,7 +485,34 @@ impl TrainableModel {
 
     fn run(&self, ids: &Tensor, start: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = self.hidden(ids, start, cache)?;
-        linear(&x, self.head())
+        self.head_logits(&x)
+    }
+
+    /// The output head's logits; under [`Self::train_only`] the head is a constant except its
+    /// trained rows, whose logits are computed from their own variables and spliced in.
+    fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(r) = &self.restriction else {
+            return linear(x, self.head().as_tensor());
+        };
+        let base = linear(x, &self.head().as_tensor().detach())?;
+        if r.rows.is_empty() {
+            return Ok(base);
+        }
+        let vocab = base.dim(D::Minus1)?;
+        let mut pieces = Vec::with_capacity(2 * r.rows.len() + 1);
+        let mut next = 0usize;
+        for (id, var) in &r.rows {
+            let id = *id as usize;
+            if id > next {
+                pieces.push(base.narrow(D::Minus1, next, id - next)?);
+            }
+            pieces.push(linear(x, var.as_tensor())?);
+            next = id + 1;
+        }
+        if next < vocab {
+            pieces.push(base.narrow(D::Minus1, next, vocab - next)?);
+        }
+        Ok(Tensor::cat(&pieces, D::Minus1)?)
     }
 
     fn hidden(
@@ -269,11 +536,15 @@ impl TrainableModel {
             cache.layers = vec![None; c.num_layers];
         }
         let eps = f64::from(c.rms_norm_eps);
-        let mut x = self
-            .embed
-            .as_tensor()
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, seq, c.hidden_size))?;
+        let first_trained = self.restriction.as_ref().map_or(0, |r| r.first_layer);
+        let embed = match &self.restriction {
+            Some(_) => self.embed.as_tensor().detach(),
+            None => self.embed.as_tensor().clone(),
+        };
+        let mut x =
+            embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((batch, seq, c.hidden_size))?;
         let mask = if seq > 1 {
             Some(causal_mask(seq, start, self.dtype, &self.device)?)
         } else {
@@ -285,11 +556,12 @@ impl TrainableModel {
             let h = rms_norm(&x, &layer.attn_norm, eps)?;
             let past = cache.as_deref_mut().and_then(|c| c.layers.get_mut(l));
             let a = self.attention(layer, &h, mask.as_ref(), &cos, &sin, past)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = linear(&h, &layer.gate)?.silu()?;
-            let up = linear(&h, &layer.up)?;
-            x = (x + linear(&(gate * up)?, &layer.down)?)?;
+            x = self.feed_forward(layer, (x + a)?, eps)?;
+            if l + 1 == first_trained {
+                // Below here nothing trains: backprop stops, and the frozen blocks' graph
+                // (their activations) is freed now rather than at the end of the pass.
+                x = x.detach();
+            }
         }
         rms_norm(&x, &self.output_norm, eps)
     }
@@ -303,22 +575,7 @@ impl TrainableModel {
         sin: &Tensor,
         past: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let c = &self.config;
-        let (batch, seq, _) = h.dims3()?;
-        let mut q = linear(h, &layer.q)?;
-        let mut k = linear(h, &layer.k)?;
-        let mut v = linear(h, &layer.v)?;
-        if let Some((bq, bk, bv)) = &layer.qkv_bias {
-            q = q.broadcast_add(bq.as_tensor())?;
-            k = k.broadcast_add(bk.as_tensor())?;
-            v = v.broadcast_add(bv.as_tensor())?;
-        }
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((batch, seq, n, c.head_dim))?.transpose(1, 2)?)
-        };
-        let q = rope(&heads(q, c.num_heads)?, cos, sin, c.rope_layout)?;
-        let k = rope(&heads(k, c.num_kv_heads)?, cos, sin, c.rope_layout)?;
-        let v = heads(v, c.num_kv_heads)?;
+        let (q, k, v) = self.project_qkv(layer, h, cos, sin)?;
         let (k, v) = match past {
             None => (k, v),
             Some(slot) => {
@@ -333,20 +590,7 @@ impl TrainableModel {
                 (k, v)
             }
         };
-        let group = c.num_heads / c.num_kv_heads;
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let out = probs.matmul(&v.contiguous()?)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((batch, seq, c.num_heads * c.head_dim))?;
-        linear(&out, &layer.o)
+        self.attend(layer, &q, k, v, mask)
     }
 }
 
@@ -354,8 +598,8 @@ impl TrainableModel {
 /// folded into rows first: a batched product against a broadcast weight would make backprop
 /// build one weight-sized gradient per batch row and then sum them (for the 49152-wide head,
 /// ~0.9 GB per 8-sequence pass); one 2-D product gives the weight's gradient directly.
-fn linear(x: &Tensor, w: &Var) -> Result<Tensor> {
-    let w_t = w.as_tensor().t()?;
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let w_t = w.t()?;
     let dims = x.dims();
     if dims.len() <= 2 {
         return Ok(x.matmul(&w_t)?);
@@ -436,6 +680,15 @@ fn causal_mask(seq: usize, start: usize, dtype: DType, device: &Device) -> Resul
         })
         .collect();
     Ok(Tensor::from_vec(values, (seq, total), device)?.to_dtype(dtype)?)
+}
+
+/// What [`TrainableModel::train_only`] leaves trainable.
+#[derive(Debug)]
+struct Restriction {
+    /// The lowest trained block; those below are constants.
+    first_layer: usize,
+    /// Trained head rows, ascending by id, each its own `[1, hidden]` variable.
+    rows: Vec<(u32, Var)>,
 }
 
 /// Keys and values of earlier positions, per layer, `[batch, kv_heads, len, head_dim]`.

@@ -33,7 +33,12 @@ pub struct TrainConfig {
     /// Sequences per forward/backward pass of the update; None: a whole group at once. The
     /// passes' gradients are summed, so only memory and speed change.
     pub micro_batch: Option<usize>,
+    /// `Some(k)`: only the top k blocks, the final norm and the offload token's head row train
+    /// ([`TrainableModel::train_only`]); None: every weight.
+    pub train_layers: Option<usize>,
     pub offload: OffloadMode,
+    /// [`UpdateConfig::every_answer`].
+    pub every_answer: bool,
 }
 
 /// Whether the model may offload while it trains.
@@ -64,6 +69,9 @@ pub struct StepMetrics {
     pub dropped: usize,
     /// Kept groups whose rewards are all equal (no gradient).
     pub zero_variance_groups: usize,
+    /// Answers whose log-probabilities the update's forward/backward passes computed.
+    #[serde(default)]
+    pub updated_answers: usize,
     pub grad_norm: f64,
     /// Mean entropy (nats) per sampled token.
     pub entropy: f64,
@@ -96,11 +104,17 @@ pub fn prompt_ids(
     task: &dyn Task,
     problem: &Problem,
 ) -> Result<Vec<u32>> {
-    Ok(template.encode(
-        &[Message::user(prompt_text(task, problem))],
-        true,
-        tokenizer,
-    )?)
+    Ok(template.encode(&prompt_messages(task, problem), true, tokenizer)?)
+}
+
+/// The conversation for a problem: its system prompt, if it has one, then the user message.
+/// The cloud is sent the same conversation.
+pub fn prompt_messages(task: &dyn Task, problem: &Problem) -> Vec<Message> {
+    let system = problem.system.as_deref().map(Message::system);
+    system
+        .into_iter()
+        .chain([Message::user(prompt_text(task, problem))])
+        .collect()
 }
 
 /// The user message for a problem: its question and the task's answer format. The cloud gets the
@@ -158,7 +172,7 @@ pub struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: TrainableModel,
+        mut model: TrainableModel,
         tokenizer: &'a Tokenizer,
         template: &'a ChatTemplate,
         signal: OffloadSignal,
@@ -178,8 +192,17 @@ impl<'a> Trainer<'a> {
             OffloadMode::Learn => Vec::new(),
             OffloadMode::Never => signal.token_id.into_iter().collect(),
         };
+        if let Some(top) = config.train_layers {
+            // The offload token's logit trains through the policy gradient whenever the model
+            // may offload; a masked token has nothing to learn.
+            let rows: Vec<u32> = match config.offload {
+                OffloadMode::Learn => signal.token_id.into_iter().collect(),
+                OffloadMode::Never => Vec::new(),
+            };
+            model.train_only(top, &rows)?;
+        }
         let trainer = Self {
-            optimizer: AdamW::new(model.named_vars()?, config.adamw)?,
+            optimizer: AdamW::new(model.trainable_vars()?, config.adamw)?,
             model,
             tokenizer,
             template,
@@ -215,6 +238,7 @@ impl<'a> Trainer<'a> {
             algo: self.config.algo,
             max_new_tokens: self.config.rollout.max_new_tokens,
             micro_batch: self.config.micro_batch,
+            every_answer: self.config.every_answer,
             scoring: Scoring {
                 temperature: self.config.rollout.temperature,
                 masked: self.masked.clone(),
@@ -330,6 +354,7 @@ impl<'a> Trainer<'a> {
     pub fn restore_checkpoint(&mut self, path: &std::path::Path) -> Result<()> {
         let checkpoint = crate::checkpoint::load(path, self.model.dtype(), self.model.device())?;
         crate::checkpoint::load_weights_into(&self.model, &checkpoint.weights, path)?;
+        self.model.reload_head_rows()?;
         let p = checkpoint.position;
         self.optimizer
             .restore(checkpoint.moments, p.optimizer_step)?;
@@ -429,6 +454,7 @@ impl<'a> Trainer<'a> {
             Some(grads) => self.optimizer.step(grads, lr)?.grad_norm,
             None => 0.0,
         };
+        self.model.commit_head_rows()?;
         let optimizer_s = optimizer_started.elapsed().as_secs_f64();
 
         let mut all_rewards = Vec::new();
@@ -464,6 +490,7 @@ impl<'a> Trainer<'a> {
             d2: pending.filter.d2.len(),
             dropped: pending.filter.dropped.len(),
             zero_variance_groups: pending.gradient.zero_variance_groups,
+            updated_answers: pending.gradient.scored_answers,
             grad_norm,
             entropy: entropy / tokens.max(1) as f64,
             response_tokens_mean: tokens as f64 / n,

@@ -60,6 +60,10 @@ pub struct UpdateConfig {
     /// summed.
     pub micro_batch: Option<usize>,
     pub scoring: Scoring,
+    /// Score every answer of every group, those without a gradient (a zero-variance group, a
+    /// zero advantage) at weight 0: the same gradient with the work of an update that does not
+    /// skip them, such as TRL's GRPOTrainer (`train --update-every-answer`, for benchmarks).
+    pub every_answer: bool,
 }
 
 impl UpdateConfig {
@@ -89,6 +93,8 @@ pub struct PolicyGradient {
     pub grads: Option<GradStore>,
     /// Groups whose rewards are all equal (no gradient).
     pub zero_variance_groups: usize,
+    /// Answers whose log-probabilities the forward/backward passes computed.
+    pub scored_answers: usize,
 }
 
 /// The factor on a response's summed token log-probs, from its advantage.
@@ -129,7 +135,9 @@ pub fn policy_gradient(
         }
         if is_zero_variance(group.rewards) {
             zero_variance_groups += 1;
-            continue;
+            if !config.every_answer {
+                continue;
+            }
         }
         let adv = advantages(config.algo, group.rewards);
         rows.extend(group.responses.iter().zip(&adv).map(|(tokens, &a)| {
@@ -150,10 +158,11 @@ pub fn policy_gradient(
     }
     // Every kept prompt's responses share the passes (fewer, fuller products than one pass per
     // prompt, and one gradient sum per pass rather than per prompt).
-    accumulate(model, rows, config, &mut grads)?;
+    let scored_answers = accumulate(model, rows, config, &mut grads)?;
     Ok(PolicyGradient {
         grads,
         zero_variance_groups,
+        scored_answers,
     })
 }
 
@@ -187,107 +196,108 @@ pub fn accumulate_group(
             weight,
         })
         .collect();
-    accumulate(model, rows, config, total)
+    accumulate(model, rows, config, total).map(|_| ())
 }
 
 /// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt_i, y_i,<t)` over `rows` (any
-/// mix of prompts) and adds the gradients into `total`: `config.micro_batch` rows per pass, or
-/// as many as fit [`PASS_TOKENS`]. Rows with zero weight or no tokens are skipped.
+/// mix of prompts) and adds the gradients into `total`. A prompt's rows share passes in which the
+/// prompt is computed once ([`shared_prompt_log_probs`]): `config.micro_batch` rows per pass, or
+/// as many as fit [`PASS_TOKENS`]. Rows with no tokens are skipped, and so are rows with zero
+/// weight unless `config.every_answer`. Returns the rows scored.
 pub fn accumulate(
     model: &TrainableModel,
     mut rows: Vec<ScoredRow<'_>>,
     config: &UpdateConfig,
     total: &mut Option<GradStore>,
-) -> Result<()> {
+) -> Result<usize> {
     config.validate()?;
-    rows.retain(|r| !r.response.is_empty() && r.weight != 0.0);
-    // Similar lengths share a pass, so less of each pass is padding.
-    rows.sort_by_key(|r| std::cmp::Reverse(r.prompt.len() + r.response.len()));
-    let mut rest = rows.as_slice();
-    while !rest.is_empty() {
-        let take = match config.micro_batch {
-            Some(n) => n.min(rest.len()),
-            // Sorted longest first, so the first row's length is the pass's width.
-            None => {
-                let width = rest[0].prompt.len() + rest[0].response.len();
-                (PASS_TOKENS / width.max(1)).clamp(1, rest.len())
-            }
-        };
-        let (part, tail) = rest.split_at(take);
-        rest = tail;
-        let grads = {
-            let pairs: Vec<(&[u32], &[u32])> =
-                part.iter().map(|r| (r.prompt, r.response)).collect();
-            let weights: Vec<f64> = part.iter().map(|r| r.weight).collect();
-            let log_probs = pair_log_probs(model, &pairs, &config.scoring)?;
-            let weights =
-                Tensor::from_vec(weights, part.len(), model.device())?.to_dtype(model.dtype())?;
-            let loss = (log_probs * weights)?.sum_all()?.neg()?;
-            loss.backward()?
-        };
-        // The pass's graph (its activations) is freed here, before the sum allocates.
-        add_grads(model, total, grads)?;
+    rows.retain(|r| !r.response.is_empty() && (r.weight != 0.0 || config.every_answer));
+    let scored = rows.len();
+    // A prompt's rows together, longest first within it, so a pass's padding is small.
+    rows.sort_by(|a, b| {
+        a.prompt
+            .cmp(b.prompt)
+            .then(b.response.len().cmp(&a.response.len()))
+    });
+    for same_prompt in rows.chunk_by(|a, b| a.prompt == b.prompt) {
+        let prompt = same_prompt[0].prompt;
+        let mut rest = same_prompt;
+        while !rest.is_empty() {
+            let take = match config.micro_batch {
+                Some(n) => n.min(rest.len()),
+                // Longest first: the first row's response sets the pass's width.
+                None => {
+                    let width = rest[0].response.len().max(1);
+                    (PASS_TOKENS.saturating_sub(prompt.len()) / width).clamp(1, rest.len())
+                }
+            };
+            let (part, tail) = rest.split_at(take);
+            rest = tail;
+            let grads = {
+                let responses: Vec<&[u32]> = part.iter().map(|r| r.response).collect();
+                let weights: Vec<f64> = part.iter().map(|r| r.weight).collect();
+                let log_probs =
+                    shared_prompt_log_probs(model, prompt, &responses, &config.scoring)?;
+                let weights = Tensor::from_vec(weights, part.len(), model.device())?
+                    .to_dtype(model.dtype())?;
+                let loss = (log_probs * weights)?.sum_all()?.neg()?;
+                loss.backward()?
+            };
+            // The pass's graph (its activations) is freed here, before the sum allocates.
+            add_grads(model, total, grads)?;
+        }
     }
-    Ok(())
+    Ok(scored)
 }
 
 /// The logit a masked token gets in the loss: finite, so a masked target at a padded position
 /// (weight 0) cannot turn the loss into 0 * inf = NaN, yet exp() of it is exactly 0.
 const MASKED_LOGIT: f64 = -1e30;
 
-/// `[responses]`: each response's summed log pi(y_t | prompt, y_<t) under `scoring`, in one
-/// padded pass. Positions after a response's last token are padding and count nothing.
+/// `[responses]`: each response's summed log pi(y_t | prompt, y_<t) under `scoring`.
 pub fn response_log_probs(
     model: &TrainableModel,
     prompt: &[u32],
     responses: &[&[u32]],
     scoring: &Scoring,
 ) -> Result<Tensor> {
-    let pairs: Vec<(&[u32], &[u32])> = responses.iter().map(|r| (prompt, *r)).collect();
-    pair_log_probs(model, &pairs, scoring)
+    shared_prompt_log_probs(model, prompt, responses, scoring)
 }
 
-/// `[rows]`: each (prompt, response) row's summed log pi(y_t | prompt, y_<t) under `scoring`,
-/// in one right-padded pass; the prompts may differ in length.
-pub fn pair_log_probs(
+/// `[responses]`: each response's summed log pi(y_t | prompt, y_<t) under `scoring`, in one
+/// pass that computes the prompt once ([`TrainableModel::forward_shared_prompt`]) and the
+/// responses right-padded. Positions after a response's last token are padding and count
+/// nothing.
+pub fn shared_prompt_log_probs(
     model: &TrainableModel,
-    rows: &[(&[u32], &[u32])],
+    prompt: &[u32],
+    responses: &[&[u32]],
     scoring: &Scoring,
 ) -> Result<Tensor> {
     scoring.validate()?;
-    if rows.is_empty() || rows.iter().any(|(p, r)| p.is_empty() || r.is_empty()) {
+    if prompt.is_empty() || responses.is_empty() || responses.iter().any(|r| r.is_empty()) {
         return Err(TrainError::InvalidSettings(
             "scoring needs a prompt and non-empty responses".into(),
         ));
     }
     let device = model.device();
-    // Row i's input is its prompt + response minus the last token, right-padded with token 0
-    // (causal attention keeps padding from the real positions). Position p_i - 1 + j predicts
-    // response token j, so logits are needed from the shortest prompt's last position on.
-    let first = rows.iter().map(|(p, _)| p.len()).min().unwrap_or(1) - 1;
-    let width = rows
-        .iter()
-        .map(|(p, r)| p.len() + r.len() - 1)
-        .max()
-        .unwrap_or(1);
-    let span = width - first;
-    let b = rows.len();
-    let mut inputs = Vec::with_capacity(b * width);
-    let mut targets = Vec::with_capacity(b * span);
-    let mut mask = Vec::with_capacity(b * span);
-    for (prompt, tokens) in rows {
+    // Row i's input is its response minus the last token, right-padded with token 0 (causal
+    // attention keeps padding from the real positions); output position j predicts token j.
+    let span = responses.iter().map(|r| r.len()).max().unwrap_or(1);
+    let n = responses.len();
+    let mut inputs = Vec::with_capacity(n * (span - 1));
+    let mut targets = Vec::with_capacity(n * span);
+    let mut mask = Vec::with_capacity(n * span);
+    for tokens in responses {
         inputs.extend(
-            prompt
+            tokens[..tokens.len() - 1]
                 .iter()
-                .chain(&tokens[..tokens.len() - 1])
                 .copied()
                 .chain(std::iter::repeat(0))
-                .take(width),
+                .take(span - 1),
         );
-        for position in first..width {
-            // Which response token this position predicts, if any.
-            let j = (position + 1).checked_sub(prompt.len());
-            match j.and_then(|j| tokens.get(j)) {
+        for j in 0..span {
+            match tokens.get(j) {
                 Some(&t) => {
                     targets.push(t);
                     mask.push(1.0f32);
@@ -299,10 +309,11 @@ pub fn pair_log_probs(
             }
         }
     }
-    let inputs = Tensor::from_vec(inputs, (b, width), device)?;
-    let targets = Tensor::from_vec(targets, (b, span), device)?;
-    let mask = Tensor::from_vec(mask, (b, span), device)?.to_dtype(model.dtype())?;
-    let mut logits = model.forward_from(&inputs, first)?;
+    let prompt_ids = Tensor::from_slice(prompt, (1, prompt.len()), device)?;
+    let inputs = Tensor::from_vec(inputs, (n, span - 1), device)?;
+    let targets = Tensor::from_vec(targets, (n, span), device)?;
+    let mask = Tensor::from_vec(mask, (n, span), device)?.to_dtype(model.dtype())?;
+    let mut logits = model.forward_shared_prompt(&prompt_ids, &inputs)?;
     if scoring.temperature != 1.0 {
         logits = (logits / f64::from(scoring.temperature))?;
     }
@@ -325,7 +336,7 @@ fn add_grads(model: &TrainableModel, total: &mut Option<GradStore>, new: GradSto
         *total = Some(new);
         return Ok(());
     };
-    for (_, var) in model.named_vars()? {
+    for (_, var) in model.trainable_vars()? {
         if let Some(g) = new.get(var.as_tensor()) {
             let combined = match sum.get(var.as_tensor()) {
                 Some(s) => (s + g)?,

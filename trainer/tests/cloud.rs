@@ -207,6 +207,8 @@ impl Task for OnlyTheCloud {
                 question: format!("question {i}"),
                 answer: "5".into(),
                 difficulty: 0,
+                system: None,
+                subset: String::new(),
             })
             .collect())
     }
@@ -263,7 +265,9 @@ fn a_failing_cloud_is_asked_once_per_prompt_per_step() {
         adamw: AdamWConfig::default(),
         seed: 1,
         micro_batch: None,
+        train_layers: None,
         offload: OffloadMode::Learn,
+        every_answer: false,
     };
     let mut trainer = Trainer::new(
         model,

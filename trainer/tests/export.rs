@@ -236,3 +236,82 @@ fn a_hugging_face_folder_reproduces_the_trainer() {
     assert!(diff < 1e-4, "logits differ by {diff}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Training that moved one tensor: the export copies every other tensor from the source file in
+/// its own type, byte for byte, and writes the moved one in the requested type. Read back with
+/// candle's own GGUF reader, not the exporter's code.
+#[test]
+fn tensors_training_left_keep_their_source_type_and_bytes() {
+    use candle_core::quantized::GgmlDType;
+    use std::io::Cursor;
+
+    let bytes = gguf::GgufBuilder::tiny_llama().bytes();
+    let package = ModelPackage::from_gguf("tiny.gguf", bytes.clone()).unwrap();
+    let source = GgufFile::from_bytes("tiny.gguf", bytes.clone()).unwrap();
+    let model = support::trainable(&package, DType::F32);
+    let moved = "model.layers.1.mlp.up_proj.weight";
+    let (_, var) = model
+        .named_vars()
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == moved)
+        .expect("the tiny model has the tensor");
+    let trained = (var.as_tensor() * 1.5).unwrap();
+    var.set(&trained).unwrap();
+
+    let exported = gguf_bytes(&model, &source, &[], ExportType::F32).unwrap();
+    let read = |bytes: &[u8]| {
+        let mut reader = Cursor::new(bytes.to_vec());
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut reader).expect("a GGUF file");
+        let names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let t = content.tensor(&mut reader, &name, &Device::Cpu).unwrap();
+                (name, t)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before = read(&bytes);
+    let after = read(&exported);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    let mut kept_quantized = 0;
+    for (name, original) in &before {
+        let out = &after[name];
+        if name == "blk.1.ffn_up.weight" {
+            assert_eq!(out.dtype(), GgmlDType::F32, "{name}: the moved tensor");
+            let values = out.dequantize(&Device::Cpu).unwrap();
+            let diff = (values - &trained)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{name}: the trained values, exactly");
+        } else {
+            assert_eq!(out.dtype(), original.dtype(), "{name}: its source type");
+            assert_eq!(
+                out.data().unwrap(),
+                original.data().unwrap(),
+                "{name}: its source bytes"
+            );
+            kept_quantized += usize::from(original.dtype() != GgmlDType::F32);
+        }
+    }
+    assert!(
+        kept_quantized >= 10,
+        "quantized tensors kept: {kept_quantized}"
+    );
+    assert!(
+        exported.len() < 2 * bytes.len(),
+        "{} vs {}",
+        exported.len(),
+        bytes.len()
+    );
+}

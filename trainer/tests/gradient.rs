@@ -195,6 +195,7 @@ fn update_config(algo: Algo, temperature: f32, micro_batch: Option<usize>) -> Up
         algo,
         max_new_tokens: 8,
         micro_batch,
+        every_answer: false,
         scoring: Scoring {
             temperature,
             masked: Vec::new(),
@@ -452,6 +453,47 @@ fn micro_batches_give_the_unbatched_gradient() {
     assert!(err.contains("micro-batch"), "{err}");
 }
 
+/// `--update-every-answer` (for like-for-like benchmarks) scores the answers without a gradient
+/// too, a zero-variance group's included, and leaves the gradient as it was.
+#[test]
+fn scoring_every_answer_does_the_work_and_keeps_the_gradient() {
+    let package = support::tiny_with_offload(64);
+    let model = support::trainable(&package, DType::F64);
+    let first = prompt();
+    let second: Vec<u32> = vec![1, 60, 61, 62];
+    let answers = responses();
+    // Two answers at the group's mean (0.5, a zero advantage); the second group has no variance.
+    let rewards_a = [1.0, 0.5, 0.0, 0.5];
+    let rewards_b = [0.25; 4];
+    let groups = [
+        GroupResponses {
+            prompt: &first,
+            responses: answers.iter().map(Vec::as_slice).collect(),
+            rewards: &rewards_a,
+        },
+        GroupResponses {
+            prompt: &second,
+            responses: answers.iter().map(Vec::as_slice).collect(),
+            rewards: &rewards_b,
+        },
+    ];
+    let skipping = policy_gradient(&model, &groups, &update_config(Algo::Gapg, 1.0, None)).unwrap();
+    let mut every = update_config(Algo::Gapg, 1.0, None);
+    every.every_answer = true;
+    let all = policy_gradient(&model, &groups, &every).unwrap();
+    assert_eq!(
+        skipping.scored_answers, 2,
+        "zero-advantage answers and groups are skipped"
+    );
+    assert_eq!(all.scored_answers, 8, "every answer is scored");
+    assert_eq!(all.zero_variance_groups, 1);
+    let diff = relative_difference(
+        &flatten(&model, &all.grads.unwrap()),
+        &flatten(&model, &skipping.grads.unwrap()),
+    );
+    assert!(diff < 1e-10, "the gradient changed by {diff}");
+}
+
 /// "easy": a response with a lowercase ASCII letter is correct. "hard": no local answer is; the
 /// simulated cloud (always right) is.
 struct EasyHard;
@@ -467,6 +509,8 @@ impl Task for EasyHard {
                 question: if i % 2 == 0 { "easy one" } else { "HARD ONE" }.into(),
                 answer: String::new(),
                 difficulty: 0,
+                system: None,
+                subset: String::new(),
             })
             .collect())
     }
@@ -515,7 +559,9 @@ fn the_update_uses_only_the_filtered_prompts() {
         adamw: AdamWConfig::default(),
         seed: 5,
         micro_batch: None,
+        train_layers: None,
         offload: OffloadMode::Learn,
+        every_answer: false,
     };
     let mut trainer = Trainer::new(
         model,

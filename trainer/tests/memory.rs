@@ -76,6 +76,7 @@ fn one_update_of_eight_512_token_responses_on_smollm2() {
             max_new_tokens: 512,
             micro_batch,
             scoring: Scoring::default(),
+            every_answer: false,
         },
     )
     .unwrap();

@@ -26,6 +26,8 @@ impl Task for AnyLetter {
                 question: format!("question {i}"),
                 answer: String::new(),
                 difficulty: 0,
+                system: None,
+                subset: String::new(),
             })
             .collect())
     }
@@ -61,7 +63,9 @@ fn config() -> TrainConfig {
         adamw: AdamWConfig::default(),
         seed: 11,
         micro_batch: None,
+        train_layers: None,
         offload: OffloadMode::Learn,
+        every_answer: false,
     }
 }
 

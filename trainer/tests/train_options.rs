@@ -37,6 +37,8 @@ impl Task for SomeTooLong {
                 },
                 answer: String::new(),
                 difficulty: 0,
+                system: None,
+                subset: String::new(),
             })
             .collect())
     }
@@ -92,7 +94,9 @@ fn config(offload: OffloadMode) -> TrainConfig {
         adamw: AdamWConfig::default(),
         seed: 2,
         micro_batch: None,
+        train_layers: None,
         offload,
+        every_answer: false,
     }
 }
 

@@ -9,9 +9,12 @@
 //! step, the rollout and update parts, answers in the update, update seconds per answer, tokens
 //! sampled per rollout second, and ours/TRL.
 //!
-//! Ours runs twice: as it trains (GAPG leaves prompts without a gradient out of the update, most
-//! of them on the untrained model) and with every prompt kept (`--no-filter --format-bonus 0.1`),
-//! so that its update covers about the P x G answers TRL's always covers.
+//! Ours runs twice. Like for like: every weight trains and every one of the P x G answers is
+//! scored in the update (`--no-filter --update-every-answer`: answers without a gradient at
+//! weight 0), the work TRL's update always does; `answers in the update` shows the counts are
+//! equal. And as the experiment trains: GAPG with its filter, which leaves prompts without a
+//! gradient out of the update, and only the top 8 blocks, the final norm and the offload row
+//! training (`--train-layers 8`).
 //!
 //! The model is trained as downloaded, without `<|offload|>`: train does not need the token (it
 //! watches for the text marker), and without it both trainers sample every answer until its end
@@ -153,12 +156,9 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         "{} steps of {} prompts x {} samples, up to {} new tokens, lr {LR}, {THREADS} threads",
         s.steps, s.prompts_per_step, s.group, s.max_new_tokens
     );
-    // Ours twice. As it trains, GAPG leaves out of the update every prompt whose answers all
-    // earned the same reward (no gradient), which on the untrained model is most of them; TRL
-    // runs the forward/backward over all P x G answers whatever their advantage. The second run
-    // makes ours do that work too: --no-filter keeps every prompt and a format bonus makes
-    // well-formed and malformed answers of a prompt earn different rewards, so nearly every
-    // group has a gradient. Its update then covers (about) the answers TRL's covers.
+    // Ours twice (see the module doc): as the experiment trains, and like for like, where
+    // --no-filter keeps every prompt and --update-every-answer scores the answers without a
+    // gradient too, so its update covers all P x G answers as TRL's does.
     let run_ours = |label: &str, name: &str, extra: &[&str]| -> Result<Figures> {
         step(&format!(
             "ours ({label}): selfroute-train train {}, {shape}",
@@ -180,13 +180,17 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 .arg(&out)
                 .env("RAYON_NUM_THREADS", THREADS.to_string()),
         )?;
-        read_ours(&out.join("metrics.jsonl"), s.steps, s.group)
+        read_ours(&out.join("metrics.jsonl"), s.steps)
     };
-    let ours = run_ours("GAPG as it trains", "ours", &[])?;
+    let ours = run_ours(
+        "GAPG as the experiment trains: filtered, top 8 blocks",
+        "ours",
+        &["--train-layers", "8"],
+    )?;
     let ours_all = run_ours(
-        "every answer in the update",
+        "like for like: every answer scored, every weight trained",
         "ours-all",
-        &["--no-filter", "--format-bonus", "0.1"],
+        &["--no-filter", "--update-every-answer"],
     )?;
 
     step(&format!("TRL: GRPOTrainer, {shape}"));
@@ -225,7 +229,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         peer["prompt_format"].as_str().unwrap_or("?"),
     );
     println!(
-        "| figure | ours, GAPG as it trains | ours, every answer updated | TRL GRPOTrainer | as it trains / TRL | every answer / TRL |"
+        "| figure | ours, as the experiment trains | ours, like for like | TRL GRPOTrainer | as it trains / TRL | like for like / TRL |"
     );
     println!("|---|---|---|---|---|---|");
     let row = |name: &str, f: &dyn Fn(&Figures) -> f64| {
@@ -267,7 +271,7 @@ struct Figures {
     tokens_per_rollout_s: f64,
 }
 
-fn read_ours(path: &Path, steps: usize, group: usize) -> Result<Figures> {
+fn read_ours(path: &Path, steps: usize) -> Result<Figures> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let lines: Vec<Value> = text
@@ -294,10 +298,8 @@ fn read_ours(path: &Path, steps: usize, group: usize) -> Result<Figures> {
     };
     // tokens_per_s is the step's sampled tokens over its rollout_s.
     let tokens = |v: &Value| Ok(field(v, "tokens_per_s")? * field(v, "rollout_s")?);
-    // The kept groups (D1 and D2) less those with no gradient, G answers each.
-    let updated = |v: &Value| {
-        Ok((field(v, "d1")? + field(v, "d2")? - field(v, "zero_variance_groups")?) * group as f64)
-    };
+    // What the update's forward/backward passes scored, as the trainer counted it.
+    let updated = |v: &Value| field(v, "updated_answers");
     let per_answer: Vec<f64> = lines[1..]
         .iter()
         .map(|v| Ok((updated(v)?, field(v, "update_s")?)))

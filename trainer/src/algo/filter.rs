@@ -32,8 +32,8 @@ impl FilterOutcome {
     }
 }
 
-/// Splits a batch into D1, D2 (a seeded random subset of at most `floor(rho * |D1|)` of the
-/// qualifying prompts) and the dropped rest. `rho = None` is `--no-filter`: everything is kept
+/// Splits a batch into D1, D2 (a seeded random subset of at most `rho * |D1|` of the qualifying
+/// prompts, that quota rounded stochastically) and the dropped rest. `rho = None` is `--no-filter`: everything is kept
 /// (in D1 if locally solved, else D2).
 pub fn adaptive_filter(
     groups: &[GroupSummary],
@@ -56,8 +56,7 @@ pub fn adaptive_filter(
     let Some(rho) = rho else {
         return out;
     };
-    // The epsilon keeps e.g. 3/7 * 7 at 3 whatever the rounding.
-    let cap = ((rho.max(0.0) * out.d1.len() as f64) + 1e-9).floor() as usize;
+    let cap = d2_quota(rho * out.d1.len() as f64, rng);
     // Partial Fisher-Yates: the first `cap` entries become a uniform random subset.
     let take = cap.min(candidates.len());
     for i in 0..take {
@@ -70,6 +69,18 @@ pub fn adaptive_filter(
     out.d2 = candidates;
     out.dropped.sort_unstable();
     out
+}
+
+/// `quota` rounded down or up at random, up with the probability of its fractional part, so
+/// that rho holds on average: rounded down alone, a step with |D1| <= 2 would keep no "needs the
+/// cloud" prompt at all (3/7 * 2 < 1), and small batches would only ever push offloading down.
+fn d2_quota(quota: f64, rng: &mut SplitMix64) -> usize {
+    let quota = quota.max(0.0);
+    // The epsilon keeps e.g. 3/7 * 7 at exactly 3 whatever the float rounding.
+    let whole = (quota + 1e-9).floor();
+    let fraction = quota - whole;
+    let up = fraction > 1e-9 && rng.next_f64() < fraction;
+    whole as usize + usize::from(up)
 }
 
 #[cfg(test)]
@@ -139,6 +150,34 @@ mod tests {
             counts.iter().all(|&c| (780..1020).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn the_d2_quota_holds_rho_on_average_for_small_d1() {
+        let rho = 3.0 / 7.0;
+        for d1 in 1..=4usize {
+            let mut groups = vec![solved(); d1];
+            groups.extend(vec![needs_cloud(); 10]);
+            let mut rng = SplitMix64::new(d1 as u64);
+            let runs = 20_000;
+            let mut kept = 0usize;
+            for _ in 0..runs {
+                let n = adaptive_filter(&groups, Some(rho), &mut rng).d2.len();
+                let exact = rho * d1 as f64;
+                assert!(
+                    n == exact.floor() as usize || n == exact.ceil() as usize,
+                    "|D1| = {d1}: {n} is not a rounding of {exact}"
+                );
+                kept += n;
+            }
+            let mean = kept as f64 / runs as f64;
+            // The binomial standard error of the rounding is under 0.004 at 20k runs.
+            assert!(
+                (mean - rho * d1 as f64).abs() < 0.015,
+                "|D1| = {d1}: mean D2 {mean}, rho |D1| = {}",
+                rho * d1 as f64
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,8 @@ impl ArithTask {
             question: format!("What is {a} {op} {b}?"),
             answer: answer.to_string(),
             difficulty: level,
+            system: None,
+            subset: String::new(),
         }
     }
 }
@@ -263,6 +265,8 @@ mod tests {
             question: "What is 617 * 45?".into(),
             answer: "27765".into(),
             difficulty: 6,
+            system: None,
+            subset: String::new(),
         };
         let cases = [
             ("<answer>27765</answer>", Verdict::Correct),

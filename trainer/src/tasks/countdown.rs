@@ -75,6 +75,8 @@ impl CountdownTask {
             ),
             answer: solution.text,
             difficulty: self.count as u32,
+            system: None,
+            subset: String::new(),
         })
     }
 }
@@ -274,6 +276,8 @@ mod tests {
             ),
             answer: String::new(),
             difficulty: numbers.len() as u32,
+            system: None,
+            subset: String::new(),
         }
     }
 

@@ -101,6 +101,8 @@ fn parse_line(line: &str) -> std::result::Result<Problem, String> {
         question,
         answer,
         difficulty,
+        system: None,
+        subset: String::new(),
     })
 }
 

@@ -32,6 +32,14 @@ pub struct Problem {
     /// Arith: the level (1..=7); countdown: the number count; jsonl: the file's optional
     /// `difficulty` field, else 0.
     pub difficulty: u32,
+    /// A system prompt sent before the question (the model must route the same with or
+    /// without one); None: no system message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// Which part of a task's mix the problem belongs to (for example a held-out phrasing or
+    /// the everyday questions), reported separately by evaluation; empty for single-part tasks.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subset: String,
 }
 
 /// What a verifier makes of a response.

@@ -103,6 +103,8 @@ mod tests {
                 question: q,
                 answer: String::new(),
                 difficulty: 0,
+                system: None,
+                subset: String::new(),
             })
         });
         assert!(result.is_err());

@@ -24,8 +24,9 @@ pub struct ExportArgs {
     checkpoint: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
-    /// f32, f16, q8_0 or q4_1.
-    #[arg(long = "type", default_value = "q8_0")]
+    /// The type of the tensors training changed: f32 (the precision it trained in), f16, q8_0
+    /// or q4_1. Tensors it left as they were keep the source file's type and bytes.
+    #[arg(long = "type", default_value = "f32")]
     format: String,
     /// Also write a Hugging Face folder (config.json, model.safetensors, tokenizer.json,
     /// tokenizer_config.json) here.

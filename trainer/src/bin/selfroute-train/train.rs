@@ -34,6 +34,12 @@ pub enum AlgoArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+pub enum LrScheduleArg {
+    Constant,
+    Cosine,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum RolloutEngineArg {
     Fast,
     Trainable,
@@ -84,6 +90,16 @@ pub struct TrainArgs {
     /// same update in less memory.
     #[arg(long, value_name = "N")]
     micro_batch: Option<usize>,
+    /// Train only the top N blocks, the final norm and the offload token's head row; the rest
+    /// stays as loaded (backprop stops below block N from the top, and `export` copies the
+    /// untouched tensors in their source type). Default: every weight.
+    #[arg(long, value_name = "N")]
+    train_layers: Option<usize>,
+    /// Score every sampled answer in the update, those without a gradient at weight 0: the same
+    /// step with the work of a trainer that does not skip them (TRL's GRPOTrainer). For
+    /// like-for-like benchmarks (`cargo xtask bench train`).
+    #[arg(long)]
+    update_every_answer: bool,
     /// The task-tuning-only baseline: the offload token is never sampled, the cloud never asked,
     /// and only a correct local answer earns a reward (--alpha-local).
     #[arg(long)]
@@ -109,10 +125,17 @@ pub struct TrainArgs {
     lr: f64,
     #[arg(long, default_value_t = 0)]
     warmup_steps: usize,
+    /// After the warmup: constant (the rate held to the end) or cosine (decay to a tenth of
+    /// --lr at the last step).
+    #[arg(long, value_enum, default_value = "constant")]
+    lr_schedule: LrScheduleArg,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f64,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    /// Global gradient-norm clip (0 = off, the default). The paper's update has none, and
+    /// AdamW divides the gradient's scale out: a clip below the usual norm (SmolLM2's GAPG
+    /// gradients measure 30-120) only makes every step count the same, however strong its
+    /// signal.
+    #[arg(long, default_value_t = 0.0)]
     max_grad_norm: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -206,11 +229,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             alpha_cloud: args.alpha_cloud,
             format_bonus: args.format_bonus,
         },
-        schedule: LrSchedule {
-            peak: args.lr,
-            warmup_steps: args.warmup_steps,
-            total_steps: args.steps,
-            final_fraction: 0.1,
+        schedule: match args.lr_schedule {
+            LrScheduleArg::Constant => LrSchedule::constant(args.lr, args.warmup_steps),
+            LrScheduleArg::Cosine => LrSchedule::cosine(args.lr, args.warmup_steps, args.steps),
         },
         adamw: AdamWConfig {
             weight_decay: args.weight_decay,
@@ -219,6 +240,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         },
         seed: args.seed,
         micro_batch: args.micro_batch,
+        train_layers: args.train_layers,
+        every_answer: args.update_every_answer,
         offload: if args.no_offload {
             OffloadMode::Never
         } else {
