@@ -18,11 +18,16 @@ const BOXED: &str = "\\boxed{";
 /// "Final answer:", "The answer is" or "The final answer is" (the next non-empty line when nothing
 /// follows on the same line); else the last number in the text.
 pub fn extract_final_answer(response: &str) -> Option<String> {
-    let found = answer_tag_content(response)
+    let found = marked_answer(response).or_else(|| last_number(response))?;
+    Some(found.trim().to_string())
+}
+
+/// What [`extract_final_answer`] finds before it falls back to the last number: a tagged, boxed
+/// or "Answer:" answer, the ones a response marks as its answer. Untrimmed.
+pub(crate) fn marked_answer(response: &str) -> Option<&str> {
+    answer_tag_content(response)
         .or_else(|| last_boxed(response))
         .or_else(|| answer_line(response))
-        .or_else(|| last_number(response))?;
-    Some(found.trim().to_string())
 }
 
 /// The content of the last complete `<answer>...</answer>` pair (tags matched case-insensitively).

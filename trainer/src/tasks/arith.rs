@@ -72,6 +72,31 @@ impl ArithTask {
         let span = u64::from(self.max_level - self.min_level) + 1;
         // `below(span)` < span <= 7, so the sum stays within the levels.
         let level = self.min_level + rng.below(span) as u32;
+        let operation = Operation::draw(rng, level);
+        let Operation { a, op, b } = operation;
+        Problem {
+            id: content_hash(&format!("arith:{}", operation.canonical())),
+            question: format!("What is {a} {op} {b}?"),
+            answer: operation.value().to_string(),
+            difficulty: level,
+            system: None,
+            subset: String::new(),
+        }
+    }
+}
+
+/// One binary operation `a op b`, `op` one of `+`, `-`, `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Operation {
+    pub a: i64,
+    pub op: char,
+    pub b: i64,
+}
+
+impl Operation {
+    /// The operands of a `level` (1..=7; higher reads as 7), drawn from `rng`. Other tasks phrase
+    /// the same levels differently, so the level table lives here once.
+    pub(crate) fn draw(rng: &mut SplitMix64, level: u32) -> Self {
         let (a, op, b) = match level {
             1 => (digits(rng, 1), '+', digits(rng, 1)),
             2 => (digits(rng, 2), '+', digits(rng, 2)),
@@ -87,25 +112,25 @@ impl ArithTask {
             }
             _ => (digits(rng, 3), '*', digits(rng, 3)),
         };
-        let answer = match op {
-            '+' => a + b,
-            '-' => a - b,
-            _ => a * b,
-        };
-        // "37 + 45" and "45 + 37" are one problem: they must share a split, and a batch should
-        // not hold both.
-        let canonical = if op == '-' {
-            format!("arith:{a}-{b}")
+        Self { a, op, b }
+    }
+
+    pub(crate) fn value(&self) -> i64 {
+        match self.op {
+            '+' => self.a + self.b,
+            '-' => self.a - self.b,
+            _ => self.a * self.b,
+        }
+    }
+
+    /// The operation's content for a hash: "37 + 45" and "45 + 37" are one problem, so they must
+    /// share a split and a batch should not hold both.
+    pub(crate) fn canonical(&self) -> String {
+        let Self { a, op, b } = *self;
+        if op == '-' {
+            format!("{a}-{b}")
         } else {
-            format!("arith:{}{op}{}", a.min(b), a.max(b))
-        };
-        Problem {
-            id: content_hash(&canonical),
-            question: format!("What is {a} {op} {b}?"),
-            answer: answer.to_string(),
-            difficulty: level,
-            system: None,
-            subset: String::new(),
+            format!("{}{op}{}", a.min(b), a.max(b))
         }
     }
 }
@@ -148,7 +173,7 @@ impl Task for ArithTask {
 }
 
 /// An integer answer must match exactly; a non-integer number is wrong; no number is malformed.
-fn verify_integer(expected: i64, response: &str) -> Verdict {
+pub(crate) fn verify_integer(expected: i64, response: &str) -> Verdict {
     let Some(answer) = extract_final_answer(response) else {
         return Verdict::Malformed;
     };

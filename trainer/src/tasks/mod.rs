@@ -9,6 +9,7 @@ pub mod arith;
 pub mod countdown;
 pub mod expr;
 pub mod jsonl;
+pub mod mix;
 mod split;
 
 use std::fmt;
@@ -17,6 +18,7 @@ pub use answer::{extract_final_answer, parse_integer, parse_number};
 pub use arith::ArithTask;
 pub use countdown::CountdownTask;
 pub use jsonl::JsonlTask;
+pub use mix::MixTask;
 
 use crate::{Result, TrainError};
 
@@ -80,7 +82,8 @@ pub trait Task: Send + Sync {
 }
 
 /// Parses a task spec: "arith", "arith:1-3" (difficulty levels), "countdown", "countdown:3" or
-/// "countdown:4" (number count), "jsonl:PATH". A jsonl file is read and checked here, so a bad
+/// "countdown:4" (number count), "mix" (arithmetic in several phrasings and everyday questions),
+/// "jsonl:PATH". A jsonl file is read and checked here, so a bad
 /// file fails before training starts.
 pub fn parse_task(spec: &str) -> Result<Box<dyn Task>> {
     let trimmed = spec.trim();
@@ -91,13 +94,17 @@ pub fn parse_task(spec: &str) -> Result<Box<dyn Task>> {
     match kind {
         "arith" => Ok(Box::new(ArithTask::from_arg(spec, arg)?)),
         "countdown" => Ok(Box::new(CountdownTask::from_arg(spec, arg)?)),
+        "mix" => match arg {
+            None => Ok(Box::new(MixTask::new())),
+            Some(_) => Err(invalid(spec, "`mix` takes no argument")),
+        },
         "jsonl" => match arg {
             Some(path) if !path.trim().is_empty() => Ok(Box::new(JsonlTask::load(path.trim())?)),
             _ => Err(invalid(spec, "expected `jsonl:PATH`")),
         },
         _ => Err(invalid(
             spec,
-            "unknown task; expected `arith[:LO-HI]`, `countdown[:3|4]` or `jsonl:PATH`",
+            "unknown task; expected `arith[:LO-HI]`, `countdown[:3|4]`, `mix` or `jsonl:PATH`",
         )),
     }
 }
@@ -123,6 +130,8 @@ mod tests {
             ("countdown", "countdown:3"),
             ("countdown:3", "countdown:3"),
             ("countdown:4", "countdown:4"),
+            ("mix", "mix"),
+            (" mix ", "mix"),
         ] {
             let task = parse_task(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
             assert_eq!(task.name(), name);
@@ -147,6 +156,9 @@ mod tests {
             "countdown:2",
             "countdown:5",
             "countdown:three",
+            "mix:",
+            "mix:1-3",
+            "Mix",
             "jsonl",
             "jsonl:",
             "jsonl:   ",

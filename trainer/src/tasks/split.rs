@@ -45,6 +45,20 @@ pub(crate) fn collect(
     seed: u64,
     mut generate: impl FnMut(&mut SplitMix64) -> Option<Problem>,
 ) -> Result<Vec<Problem>> {
+    collect_assigned(spec, split, n, seed, |rng| {
+        generate(rng).filter(|problem| split_of(problem.id) == split)
+    })
+}
+
+/// [`collect`] for a generator that assigns splits itself and yields only problems of `split`
+/// (a task with questions reserved for the test split, which the id's hash cannot express).
+pub(crate) fn collect_assigned(
+    spec: &str,
+    split: Split,
+    n: usize,
+    seed: u64,
+    mut generate: impl FnMut(&mut SplitMix64) -> Option<Problem>,
+) -> Result<Vec<Problem>> {
     // Enough for the 1-in-10 test split plus duplicates in any space that can hold n problems;
     // exhausting it means the space is (nearly) too small.
     let max_draws = 20_000usize.saturating_add(n.saturating_mul(200));
@@ -67,7 +81,7 @@ pub(crate) fn collect(
         let Some(problem) = generate(&mut rng) else {
             continue;
         };
-        if split_of(problem.id) == split && seen.insert(problem.id) {
+        if seen.insert(problem.id) {
             out.push(problem);
         }
     }

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// GGUF model to train (dequantized to f32).
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
-    /// arith, arith:LO-HI, countdown, countdown:N or jsonl:PATH.
+    /// arith, arith:LO-HI, countdown, countdown:N, mix or jsonl:PATH.
     #[arg(long, default_value = "arith")]
     task: String,
     /// Who answers offloaded prompts: simulated:ACC (right with probability ACC, fixed per
