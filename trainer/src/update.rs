@@ -219,35 +219,71 @@ pub fn accumulate(
             .cmp(b.prompt)
             .then(b.response.len().cmp(&a.response.len()))
     });
+    // Passes hold several prompts' rows (each prompt computed once), up to the budget: one
+    // backward and one gradient sum per pass, not per prompt. A gradient the size of the model
+    // per pass is most of a small pass's cost when every weight trains.
+    let mut pass: Vec<&[ScoredRow<'_>]> = Vec::new();
+    let (mut pass_rows, mut pass_tokens) = (0usize, 0usize);
     for same_prompt in rows.chunk_by(|a, b| a.prompt == b.prompt) {
-        let prompt = same_prompt[0].prompt;
         let mut rest = same_prompt;
         while !rest.is_empty() {
-            let take = match config.micro_batch {
-                Some(n) => n.min(rest.len()),
-                // Longest first: the first row's response sets the pass's width.
-                None => {
-                    let width = rest[0].response.len().max(1);
-                    (PASS_TOKENS.saturating_sub(prompt.len()) / width).clamp(1, rest.len())
-                }
+            // Longest first: a piece's first response sets its width.
+            let width = rest[0].response.len().max(1);
+            let prompt_len = rest[0].prompt.len();
+            let room = match config.micro_batch {
+                Some(n) => n.saturating_sub(pass_rows),
+                None => PASS_TOKENS.saturating_sub(pass_tokens + prompt_len) / width,
             };
-            let (part, tail) = rest.split_at(take);
+            if room == 0 && pass_rows > 0 {
+                backward_pass(model, &pass, config, total)?;
+                pass.clear();
+                (pass_rows, pass_tokens) = (0, 0);
+                continue;
+            }
+            let take = room.clamp(1, rest.len());
+            let (piece, tail) = rest.split_at(take);
+            pass.push(piece);
+            pass_rows += take;
+            pass_tokens += prompt_len + take * width;
             rest = tail;
-            let grads = {
-                let responses: Vec<&[u32]> = part.iter().map(|r| r.response).collect();
-                let weights: Vec<f64> = part.iter().map(|r| r.weight).collect();
-                let log_probs =
-                    shared_prompt_log_probs(model, prompt, &responses, &config.scoring)?;
-                let weights = Tensor::from_vec(weights, part.len(), model.device())?
-                    .to_dtype(model.dtype())?;
-                let loss = (log_probs * weights)?.sum_all()?.neg()?;
-                loss.backward()?
-            };
-            // The pass's graph (its activations) is freed here, before the sum allocates.
-            add_grads(model, total, grads)?;
         }
     }
+    if !pass.is_empty() {
+        backward_pass(model, &pass, config, total)?;
+    }
     Ok(scored)
+}
+
+/// One forward/backward pass over `pieces`, each the rows of one prompt, its gradient added into
+/// `total`.
+fn backward_pass(
+    model: &TrainableModel,
+    pieces: &[&[ScoredRow<'_>]],
+    config: &UpdateConfig,
+    total: &mut Option<GradStore>,
+) -> Result<()> {
+    let grads = {
+        let mut loss: Option<Tensor> = None;
+        for piece in pieces {
+            let responses: Vec<&[u32]> = piece.iter().map(|r| r.response).collect();
+            let weights: Vec<f64> = piece.iter().map(|r| r.weight).collect();
+            let log_probs =
+                shared_prompt_log_probs(model, piece[0].prompt, &responses, &config.scoring)?;
+            let weights =
+                Tensor::from_vec(weights, piece.len(), model.device())?.to_dtype(model.dtype())?;
+            let part = (log_probs * weights)?.sum_all()?.neg()?;
+            loss = Some(match loss {
+                Some(sum) => (sum + part)?,
+                None => part,
+            });
+        }
+        match loss {
+            Some(loss) => loss.backward()?,
+            None => return Ok(()),
+        }
+    };
+    // The pass's graph (its activations) is freed here, before the sum allocates.
+    add_grads(model, total, grads)
 }
 
 /// The logit a masked token gets in the loss: finite, so a masked target at a padded position

@@ -41,11 +41,15 @@ commands:
   check-cuda    `cargo check -p selfroute-train --features cuda` without a GPU: CUDA 13.4's nvcc
                 from PyPI in a venv compiles candle's kernels (10-30 minutes the first time on
                 a machine, cached in ~/.cache/selfroute; part of `test`)
-  experiment arith  the paper's experiment on SmolLM2 at this machine's scale (about 50 minutes
-                on 2 cores, resumable): every method at the 30% budget, the cost-quality curves,
-                APGR/CPT, the collapse ablations; results in docs/results/arith/
-                  --steps N (8)  --ablation-steps N (5)  --problems N (100)
-                  --work DIR (runs/experiment-arith)  --results DIR (docs/results/arith)
+  experiment arith  the paper's experiment on SmolLM2 at this machine's scale (task `mix`,
+                resumable): GAPG from the prepared model and warm-started from the folded
+                router beside every baseline at the 30% budget, greedy and sampled, paired
+                bootstrap intervals, the cost-quality curves, the collapse ablation; results in
+                docs/results/arith/. --pilot runs the learning-rate pilot instead (pilot.md)
+                  --steps N (30)  --collab-steps N (20)  --ablation-steps N (10)
+                  --pilot-steps N (6)  --prompts-per-step N (16)  --lr LR (2e-5)
+                  --train-layers N (8)  --problems N (500)  --sweep-problems N (200)
+                  --model GGUF  --work DIR (runs/experiment-arith)  --results DIR
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under 1, 8 and 16 concurrent streaming clients beside llama.cpp's
                 server (throughput, TTFT p50/p99)
