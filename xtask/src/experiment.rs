@@ -292,6 +292,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     if pilot {
         exp.pilot(&mut log)?;
     } else {
+        exp.routers(&mut log)?;
         exp.train_all(&mut log)?;
         exp.evaluate_all(&mut log)?;
         exp.compare_all(&mut log)?;
@@ -379,7 +380,12 @@ impl Experiment<'_> {
                 "--out",
                 &path(&p.prepared()),
             ]),
-        )?;
+        )
+    }
+
+    /// The probe router and the router folded into `<|offload|>`.
+    fn routers(&self, log: &mut Log) -> Result<()> {
+        let p = self.paths;
         self.trainer(
             log,
             "the prompt router (router)",
