@@ -14,7 +14,7 @@ use selfroute_train::cloud::SimulatedCloud;
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::RolloutConfig;
-use selfroute_train::tasks::{Problem, Split, Task, Verdict};
+use selfroute_train::tasks::{Split, Task};
 use selfroute_train::train::{OffloadMode, TrainConfig, Trainer, prompt_ids};
 use selfroute_train::update::{
     GroupResponses, ScoredRow, Scoring, UpdateConfig, accumulate, accumulate_group,
@@ -494,48 +494,16 @@ fn scoring_every_answer_does_the_work_and_keeps_the_gradient() {
     assert!(diff < 1e-10, "the gradient changed by {diff}");
 }
 
-/// "easy": a response with a lowercase ASCII letter is correct. "hard": no local answer is; the
-/// simulated cloud (always right) is.
-struct EasyHard;
-
-impl Task for EasyHard {
-    fn name(&self) -> &str {
-        "easy-hard"
-    }
-    fn problems(&self, _: Split, n: usize, _: u64) -> selfroute_train::Result<Vec<Problem>> {
-        Ok((0..n)
-            .map(|i| Problem {
-                id: i as u64,
-                question: if i % 2 == 0 { "easy one" } else { "HARD ONE" }.into(),
-                answer: String::new(),
-                difficulty: 0,
-                system: None,
-                subset: String::new(),
-            })
-            .collect())
-    }
-    fn verify(&self, problem: &Problem, response: &str) -> Verdict {
-        if problem.question == "easy one" && response.chars().any(|c| c.is_ascii_lowercase()) {
-            Verdict::Correct
-        } else {
-            Verdict::Wrong
-        }
-    }
-    fn answer_format(&self) -> &str {
-        ""
-    }
-}
-
 #[test]
 fn the_update_uses_only_the_filtered_prompts() {
     let package = support::tiny_with_offload(64);
     let model = support::trainable(&package, DType::F64);
     let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
     let template = package.chat_template.as_ref().unwrap();
-    let problems = EasyHard.problems(Split::Train, 12, 0).unwrap();
+    let problems = support::EasyHard.problems(Split::Train, 12, 0).unwrap();
     let prompts: Vec<Vec<u32>> = problems[..2]
         .iter()
-        .map(|p| prompt_ids(template, &package.tokenizer, &EasyHard, p).unwrap())
+        .map(|p| prompt_ids(template, &package.tokenizer, &support::EasyHard, p).unwrap())
         .collect();
     // Offloads on hard prompts make "needs the cloud" groups, more than rho * |D1| admits.
     calibrate_offload_row(&model, &prompts, OFFLOAD, 0.3).unwrap();
@@ -568,7 +536,7 @@ fn the_update_uses_only_the_filtered_prompts() {
         &package.tokenizer,
         template,
         signal,
-        &EasyHard,
+        &support::EasyHard,
         &mut cloud,
         problems,
         config,

@@ -12,7 +12,7 @@ use selfroute_train::cloud::SimulatedCloud;
 use selfroute_train::model::TrainableModel;
 use selfroute_train::optim::AdamWConfig;
 use selfroute_train::rollout::RolloutConfig;
-use selfroute_train::tasks::{Problem, Split, Task, Verdict};
+use selfroute_train::tasks::{Split, Task};
 use selfroute_train::train::{OffloadMode, TrainConfig, Trainer, prompt_ids};
 use selfroute_train::update::{Scoring, UpdateConfig, accumulate_group};
 use selfroute_train::warmup::calibrate_offload_row;
@@ -148,37 +148,6 @@ fn bad_restrictions_are_refused() {
     assert!(err.contains("outside the vocabulary"), "{err}");
 }
 
-/// Half the prompts can be answered locally (any lowercase letter), half only by the cloud.
-struct EasyHard;
-
-impl Task for EasyHard {
-    fn name(&self) -> &str {
-        "easy-hard"
-    }
-    fn problems(&self, _: Split, n: usize, _: u64) -> selfroute_train::Result<Vec<Problem>> {
-        Ok((0..n)
-            .map(|i| Problem {
-                id: i as u64,
-                question: if i % 2 == 0 { "easy one" } else { "HARD ONE" }.into(),
-                answer: String::new(),
-                difficulty: 0,
-                system: None,
-                subset: String::new(),
-            })
-            .collect())
-    }
-    fn verify(&self, problem: &Problem, response: &str) -> Verdict {
-        if problem.question == "easy one" && response.chars().any(|c| c.is_ascii_lowercase()) {
-            Verdict::Correct
-        } else {
-            Verdict::Wrong
-        }
-    }
-    fn answer_format(&self) -> &str {
-        ""
-    }
-}
-
 #[test]
 fn a_restricted_step_moves_only_the_top_blocks_the_norm_and_the_offload_row() {
     let package = support::tiny_with_offload(64);
@@ -191,10 +160,10 @@ fn a_restricted_step_moves_only_the_top_blocks_the_norm_and_the_offload_row() {
         .collect();
     let signal = OffloadSignal::from_tokenizer(&package.tokenizer, None).unwrap();
     let template = package.chat_template.as_ref().unwrap();
-    let problems = EasyHard.problems(Split::Train, 8, 0).unwrap();
+    let problems = support::EasyHard.problems(Split::Train, 8, 0).unwrap();
     let prompts: Vec<Vec<u32>> = problems[..2]
         .iter()
-        .map(|p| prompt_ids(template, &package.tokenizer, &EasyHard, p).unwrap())
+        .map(|p| prompt_ids(template, &package.tokenizer, &support::EasyHard, p).unwrap())
         .collect();
     calibrate_offload_row(&model, &prompts, OFFLOAD, 0.3).unwrap();
     let calibrated_row = values(&model.embedding().as_tensor().narrow(0, 3, 1).unwrap());
@@ -222,7 +191,7 @@ fn a_restricted_step_moves_only_the_top_blocks_the_norm_and_the_offload_row() {
         &package.tokenizer,
         template,
         signal,
-        &EasyHard,
+        &support::EasyHard,
         &mut cloud,
         problems,
         config,

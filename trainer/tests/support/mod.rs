@@ -8,6 +8,7 @@ pub mod gguf;
 use candle_core::{DType, Device};
 use selfroute_core::ModelPackage;
 use selfroute_train::model::TrainableModel;
+use selfroute_train::tasks::{Problem, Split, Task, Verdict};
 
 /// The tiny two-layer llama with `<|offload|>` (id 3) and a context of `context` tokens.
 pub fn tiny_with_offload(context: u32) -> ModelPackage {
@@ -54,4 +55,36 @@ pub fn hf_fixture(name: &str) -> ModelPackage {
         None,
     )
     .unwrap()
+}
+
+/// "easy": a response with a lowercase ASCII letter is correct. "hard": no local answer is; the
+/// simulated cloud (always right) is.
+pub struct EasyHard;
+
+impl Task for EasyHard {
+    fn name(&self) -> &str {
+        "easy-hard"
+    }
+    fn problems(&self, _: Split, n: usize, _: u64) -> selfroute_train::Result<Vec<Problem>> {
+        Ok((0..n)
+            .map(|i| Problem {
+                id: i as u64,
+                question: if i % 2 == 0 { "easy one" } else { "HARD ONE" }.into(),
+                answer: String::new(),
+                difficulty: 0,
+                system: None,
+                subset: String::new(),
+            })
+            .collect())
+    }
+    fn verify(&self, problem: &Problem, response: &str) -> Verdict {
+        if problem.question == "easy one" && response.chars().any(|c| c.is_ascii_lowercase()) {
+            Verdict::Correct
+        } else {
+            Verdict::Wrong
+        }
+    }
+    fn answer_format(&self) -> &str {
+        ""
+    }
 }
