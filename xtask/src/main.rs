@@ -46,7 +46,7 @@ commands:
                 router beside every baseline at the 30% budget, greedy and sampled, paired
                 bootstrap intervals, the cost-quality curves, the collapse ablation; results in
                 docs/results/arith/. --pilot runs the learning-rate pilot instead (pilot.md)
-                  --steps N (30)  --collab-steps N (20)  --ablation-steps N (10)
+                  --steps N (30)  --collab-steps N (15)  --ablation-steps N (8)
                   --pilot-steps N (6)  --prompts-per-step N (16)  --lr LR (2e-5)
                   --train-layers N (8)  --problems N (500)  --sweep-problems N (200)
                   --model GGUF  --work DIR (runs/experiment-arith)  --results DIR
