@@ -145,8 +145,8 @@ const RUNS: &[Run] = &[
 ];
 
 /// The methods evaluated sampled (T = 1) as well as greedy: random offload (the base model's
-/// own answers) and the models whose offload token decides. Each evaluation of a trained model
-/// costs ~1.9 s a problem on a quiet machine (its head is f32), so the list is short.
+/// own answers) and the models whose offload token decides. A trained model's head is f32
+/// (0.3-0.9 s a problem here, quiet; about 3.8 s under load), so the list is short.
 const SAMPLED: &[&str] = &["random", "folded", "gapg", "gapg-warm"];
 
 struct Paths {
