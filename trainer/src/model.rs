@@ -235,21 +235,6 @@ impl TrainableModel {
         self.run(ids, 0, None)
     }
 
-    /// Logits `[batch, seq - first, vocab]` of positions `first..seq` only, every sequence starting
-    /// at position 0. The loss needs logits only where a response token is predicted, and a
-    /// vocabulary-wide row (and its gradient) per prompt position is most of the memory of a long
-    /// prompt.
-    pub fn forward_from(&self, ids: &Tensor, first: usize) -> Result<Tensor> {
-        let seq = ids.dim(1)?;
-        if first >= seq {
-            return Err(TrainError::InvalidSettings(format!(
-                "logits from position {first} of a {seq}-token sequence"
-            )));
-        }
-        let x = self.hidden(ids, 0, None)?.narrow(1, first, seq - first)?;
-        self.head_logits(&x)
-    }
-
     /// Logits for responses that share one prompt, the prompt computed once: `prompt` `[1, P]`,
     /// `responses` `[n, R]` (each response's tokens but its last, right-padded; R may be 0).
     /// Returns `[n, R + 1, vocab]`: position 0 is the prompt's last (it predicts each response's
@@ -276,19 +261,10 @@ impl TrainableModel {
             )));
         }
         let eps = f64::from(c.rms_norm_eps);
-        let first_trained = self.restriction.as_ref().map_or(0, |r| r.first_layer);
-        let embed = match &self.restriction {
-            Some(_) => self.embed.as_tensor().detach(),
-            None => self.embed.as_tensor().clone(),
-        };
-        let lookup = |ids: &Tensor, rows: usize, len: usize| -> Result<Tensor> {
-            Ok(embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((rows, len, c.hidden_size))?)
-        };
-        let mut xp = lookup(prompt, 1, p)?;
+        let first_trained = self.first_trained_layer();
+        let mut xp = self.embed_tokens(prompt)?;
         let mut xr = if r > 0 {
-            Some(lookup(responses, n, r)?)
+            Some(self.embed_tokens(responses)?)
         } else {
             None
         };
@@ -488,6 +464,26 @@ impl TrainableModel {
         self.head_logits(&x)
     }
 
+    /// The lowest block training moves (0 unless [`Self::train_only`] restricted it).
+    fn first_trained_layer(&self) -> usize {
+        self.restriction.as_ref().map_or(0, |r| r.first_layer)
+    }
+
+    /// The embeddings `[batch, seq, hidden]` of `ids` `[batch, seq]`; a constant when training is
+    /// restricted (the offload row trains through the head only).
+    fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let embed = match &self.restriction {
+            Some(_) => self.embed.as_tensor().detach(),
+            None => self.embed.as_tensor().clone(),
+        };
+        Ok(embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            batch,
+            seq,
+            self.config.hidden_size,
+        ))?)
+    }
+
     /// The output head's logits; under [`Self::train_only`] the head is a constant except its
     /// trained rows, whose logits are computed from their own variables and spliced in.
     fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -522,7 +518,7 @@ impl TrainableModel {
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (batch, seq) = ids.dims2()?;
+        let seq = ids.dim(1)?;
         if start + seq > c.context_length {
             return Err(TrainError::InvalidSettings(format!(
                 "{} tokens exceed the context of {}",
@@ -536,15 +532,8 @@ impl TrainableModel {
             cache.layers = vec![None; c.num_layers];
         }
         let eps = f64::from(c.rms_norm_eps);
-        let first_trained = self.restriction.as_ref().map_or(0, |r| r.first_layer);
-        let embed = match &self.restriction {
-            Some(_) => self.embed.as_tensor().detach(),
-            None => self.embed.as_tensor().clone(),
-        };
-        let mut x =
-            embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((batch, seq, c.hidden_size))?;
+        let first_trained = self.first_trained_layer();
+        let mut x = self.embed_tokens(ids)?;
         let mask = if seq > 1 {
             Some(causal_mask(seq, start, self.dtype, &self.device)?)
         } else {

@@ -200,9 +200,9 @@ pub fn accumulate_group(
 }
 
 /// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt_i, y_i,<t)` over `rows` (any
-/// mix of prompts) and adds the gradients into `total`. A prompt's rows share passes in which the
-/// prompt is computed once ([`shared_prompt_log_probs`]): `config.micro_batch` rows per pass, or
-/// as many as fit [`PASS_TOKENS`]. Rows with no tokens are skipped, and so are rows with zero
+/// mix of prompts) and adds the gradients into `total`. A pass holds several prompts' rows, each
+/// prompt computed once ([`response_log_probs`]): `config.micro_batch` rows per pass, or as
+/// many as fit [`PASS_TOKENS`]. Rows with no tokens are skipped, and so are rows with zero
 /// weight unless `config.every_answer`. Returns the rows scored.
 pub fn accumulate(
     model: &TrainableModel,
@@ -268,7 +268,7 @@ fn backward_pass(
             let responses: Vec<&[u32]> = piece.iter().map(|r| r.response).collect();
             let weights: Vec<f64> = piece.iter().map(|r| r.weight).collect();
             let log_probs =
-                shared_prompt_log_probs(model, piece[0].prompt, &responses, &config.scoring)?;
+                response_log_probs(model, piece[0].prompt, &responses, &config.scoring)?;
             let weights =
                 Tensor::from_vec(weights, piece.len(), model.device())?.to_dtype(model.dtype())?;
             let part = (log_probs * weights)?.sum_all()?.neg()?;
@@ -290,21 +290,11 @@ fn backward_pass(
 /// (weight 0) cannot turn the loss into 0 * inf = NaN, yet exp() of it is exactly 0.
 const MASKED_LOGIT: f64 = -1e30;
 
-/// `[responses]`: each response's summed log pi(y_t | prompt, y_<t) under `scoring`.
-pub fn response_log_probs(
-    model: &TrainableModel,
-    prompt: &[u32],
-    responses: &[&[u32]],
-    scoring: &Scoring,
-) -> Result<Tensor> {
-    shared_prompt_log_probs(model, prompt, responses, scoring)
-}
-
 /// `[responses]`: each response's summed log pi(y_t | prompt, y_<t) under `scoring`, in one
 /// pass that computes the prompt once ([`TrainableModel::forward_shared_prompt`]) and the
 /// responses right-padded. Positions after a response's last token are padding and count
 /// nothing.
-pub fn shared_prompt_log_probs(
+pub fn response_log_probs(
     model: &TrainableModel,
     prompt: &[u32],
     responses: &[&[u32]],
