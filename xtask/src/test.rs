@@ -74,6 +74,8 @@ pub fn run(root: &Path) -> Result<()> {
             "plot",
         ],
     )?;
+    // That step built target/debug/selfroute-train with plots: the experiment's every stage on it.
+    crate::experiment::smoke(root, &model)?;
     for path in ["avx2", "baseline"] {
         step(&format!(
             "kernel and parity tests again on the {path} path (SELFROUTE_KERNEL={path})"
