@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod hidden;
+pub mod logsumexp;
 pub mod model;
 pub mod optim;
 #[cfg(feature = "plot")]

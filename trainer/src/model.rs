@@ -11,6 +11,7 @@ use candle_nn::VarMap;
 use selfroute_core::{ModelConfig, RopeLayout, WeightKey, WeightSource};
 
 use crate::error::{Result, TrainError};
+use crate::logsumexp::logsumexp_keepdim;
 
 /// One decoder layer's variables (read directly by the no-grad rollout engine,
 /// `crate::rollout::fast`, which shares their storage and so always sees the current weights).
@@ -723,8 +724,8 @@ impl KvCache {
 
 /// log p(target) at every position: `logits [b, t, vocab]`, `targets [b, t]` (u32) -> `[b, t]`.
 pub fn token_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok(log_probs
-        .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
-        .squeeze(D::Minus1)?)
+    // log softmax at the target: its logit less the row's log-sum-exp, without a vocabulary-wide
+    // log-softmax in the graph (see `logsumexp`).
+    let picked = logits.gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?;
+    Ok((picked - logsumexp_keepdim(logits)?)?.squeeze(D::Minus1)?)
 }

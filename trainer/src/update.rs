@@ -174,10 +174,13 @@ pub struct ScoredRow<'a> {
     pub weight: f64,
 }
 
-/// Padded tokens per forward/backward pass when no micro-batch is set: SmolLM2's logits for
-/// 4096 positions take 0.8 GB, and the pass about three times that. Short responses share a
-/// pass (a whole step of 48-token answers is one or two), long ones get fewer rows.
-pub const PASS_TOKENS: usize = 4096;
+/// Padded tokens per forward/backward pass when no micro-batch is set. SmolLM2's logits for
+/// 4096 positions take 0.8 GB, and the pass holds several vocabulary-wide copies of them (the
+/// head, the offload row spliced in, their gradients): a step of 16 prompts x 8 x 48 tokens,
+/// top 8 blocks, peaked at 18.5 GB with 4096 (15.8 GB once `logsumexp` replaced
+/// log-softmax), too close to this 23 GB machine's limit. Short responses share a pass, long
+/// ones get fewer rows.
+pub const PASS_TOKENS: usize = 2048;
 
 /// Backpropagates `-sum_i weight_i * sum_t log pi(y_i,t | prompt_i, y_i,<t)` for one prompt's
 /// responses and adds the gradients into `total` (see [`accumulate`]).

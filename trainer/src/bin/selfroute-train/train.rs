@@ -86,7 +86,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "fast")]
     rollout_engine: RolloutEngineArg,
     /// Sequences per forward/backward pass of the update, from any of the step's prompts
-    /// (default: as many as fit 4096 padded tokens). Gradients are summed over the passes: the
+    /// (default: as many as fit 2048 padded tokens). Gradients are summed over the passes: the
     /// same update in less memory.
     #[arg(long, value_name = "N")]
     micro_batch: Option<usize>,
