@@ -86,7 +86,7 @@ impl Default for TrainSettings {
             pilot_steps: 6,
             prompts_per_step: 16,
             group: 8,
-            lr: "2e-5".into(),
+            lr: "1e-4".into(),
             warmup_steps: 2,
             temperature: "1.0".into(),
             train_layers: 8,
@@ -936,6 +936,31 @@ impl Experiment<'_> {
             &out.join("summary.json"),
             &args,
         )?;
+        // Paired intervals against the untrained token: which rate moved the model beyond noise.
+        let compared = p.results.join("pilot-compare");
+        let mut args = strings(&["compare", "--eval"]);
+        args.push(format!(
+            "untrained={}",
+            path(&p.eval_dir("pilot-untrained"))
+        ));
+        for (lr, name) in &rows {
+            args.push("--eval".into());
+            args.push(format!("lr{lr}={}", path(&p.eval_dir(name))));
+        }
+        args.extend(strings(&[
+            "--baseline",
+            "untrained",
+            "--seed",
+            SEED,
+            "--out",
+            &path(&compared),
+        ]));
+        self.trainer(
+            log,
+            "comparing the pilot's rates (paired bootstrap)",
+            &p.work.join("never"),
+            &args,
+        )?;
 
         let s = self.settings;
         let mut md = String::new();
@@ -993,7 +1018,12 @@ impl Experiment<'_> {
                 eval_cells(name)?
             )?;
         }
-        writeln!(md, "\n## Commands\n\n```sh")?;
+        writeln!(
+            md,
+            "\nPaired bootstrap 95% intervals of each rate against the untrained token, overall, \
+             per level and per subset: [pilot-compare/compare.md](pilot-compare/compare.md).\n"
+        )?;
+        writeln!(md, "## Commands\n\n```sh")?;
         for c in &log.commands {
             writeln!(md, "{}", c.replacen("selfroute-train", "$T", 1))?;
         }

@@ -48,7 +48,7 @@ commands:
                 docs/results/arith/. --pilot runs the learning-rate pilot instead (pilot.md);
                 --smoke runs every stage at a tiny size (part of `test`) in runs/experiment-smoke
                   --steps N (30)  --collab-steps N (15)  --ablation-steps N (8)
-                  --pilot-steps N (6)  --prompts-per-step N (16)  --lr LR (2e-5)
+                  --pilot-steps N (6)  --prompts-per-step N (16)  --lr LR (1e-4)
                   --train-layers N (8)  --problems N (500)  --sweep-problems N (200)
                   --model GGUF  --trainer BIN (built for you)  --work DIR (runs/experiment-arith)
                   --results DIR (docs/results/arith)
