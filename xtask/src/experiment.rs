@@ -46,6 +46,7 @@ const RANDOM_SHARE_SWEEP: &str = "0.15,0.5,0.85";
 /// The pilot's learning rates, constant after warm-up (`--pilot`; the smoke run tries the first).
 const PILOT_LRS: &[&str] = &["2e-5", "5e-5", "1e-4"];
 const PILOT_EVAL_PROBLEMS: usize = 120;
+const SMOKE_WORK: &str = "runs/experiment-smoke";
 const SMOKE_EVAL_PROBLEMS: usize = 6;
 const SMOKE_SWEEP_PROBLEMS: usize = 3;
 
@@ -243,10 +244,7 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         TrainSettings::default()
     };
     let (mut work, mut results) = if smoke {
-        (
-            root.join("runs/experiment-smoke"),
-            root.join("runs/experiment-smoke/results"),
-        )
+        (root.join(SMOKE_WORK), root.join(SMOKE_WORK).join("results"))
     } else {
         (
             root.join("runs/experiment-arith"),
@@ -331,8 +329,9 @@ pub fn run(root: &Path, args: &[&str]) -> Result<()> {
         }
     };
     setup::ensure_plot_font()?;
-    if smoke {
-        // Every stage runs again, none is skipped as already done.
+    // Every smoke stage runs again, none skipped as already done; only the smoke run's own
+    // folder is cleared, never a --work someone named.
+    if smoke && work == root.join(SMOKE_WORK) {
         match std::fs::remove_dir_all(&work) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
